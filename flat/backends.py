@@ -1,0 +1,188 @@
+"""Backend registry: one place that maps (backend, op) to an implementation.
+
+Backends
+--------
+``"reference"``  pure PyTorch (:mod:`flat._reference`), every device, always available.
+``"triton"``     :mod:`flat_kernels.triton` — CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
+``"cupy"``       :mod:`flat_kernels.cupy` — CUDA tensors only.
+``"auto"``       the fastest available backend for the tensors' device.
+
+Selection, highest priority first: the ``backend=`` keyword of an op, the innermost
+:func:`use_backend` context, the ``FLAT_BACKEND`` environment variable, ``"auto"``.
+A backend asked for by name that cannot run raises :class:`BackendUnavailableError`;
+there is never a silent fallback to another backend.
+
+Implementations (the contract for ``flat_kernels``)
+---------------------------------------------------
+An implementation receives canonical tensors, already validated by :mod:`flat.ops`:
+
+* images ``(B, H, W)`` complex; k-space and sensitivities ``(B, C, H, W)`` complex, one dtype;
+* mask ``(Bm, Hm, W)`` real, same real dtype, ``Bm in (1, B)``; ``Hm == 1`` is a column mask
+  (the fastMRI case), ``Hm == H`` a 2-D mask;
+* ``dt``/``lam`` real tensors of shape ``()`` or ``(B,)``, same real dtype.
+
+Forward implementations are registered under the op name with the op's positional signature
+(``flow_step(image, velocity, kspace, sens, mask, dt, lam, ahy)``). A backward implementation is
+registered as ``"<op>_backward"`` with signature ``fn(grad, inputs, needs) -> tuple`` where
+``inputs`` is the tuple of forward inputs, ``needs[i]`` says whether input ``i`` needs a gradient,
+and the result holds one gradient (or ``None``) per input.
+
+A backend may implement a subset of ops; ops it does not implement run on the reference path
+(the docs of each backend list what it fuses). Backends register lazily: ``flat_kernels`` modules
+are imported the first time their backend is used, so ``import flat`` touches no Triton/CuPy/CUDA.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+BACKEND_NAMES = ("reference", "triton", "cupy")
+CHOICES = BACKEND_NAMES + ("auto",)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot run here (missing package, no GPU, ...)."""
+
+
+def _probe_triton(device_type: str | None) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "the 'triton' package is not installed (pip install 'flat-mri[triton]')"
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if device_type == "cpu" and not interpret:
+        return "Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
+    if device_type is None and not interpret:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is available (and TRITON_INTERPRET=1 is not set)"
+    if device_type not in (None, "cpu", "cuda"):
+        return f"Triton kernels run on CUDA tensors, not on {device_type!r}"
+    return None
+
+
+def _probe_cupy(device_type: str | None) -> str | None:
+    # Never import cupy here: only look for it.
+    if importlib.util.find_spec("cupy") is None:
+        return "the 'cupy' package is not installed (pip install 'flat-mri[cupy]')"
+    import torch
+
+    if device_type not in (None, "cuda"):
+        return f"the CuPy backend runs on CUDA tensors, not on {device_type!r}"
+    if not torch.cuda.is_available():
+        return "the CuPy backend needs a CUDA GPU and none is available"
+    return None
+
+
+@dataclass
+class _Backend:
+    name: str
+    probe: Callable[[str | None], str | None]  # device type -> None if usable, else the reason
+    module: str | None  # imported on first use; registers its implementations
+    impls: dict[str, Callable] = field(default_factory=dict)
+    loaded: bool = False
+
+
+_REGISTRY: dict[str, _Backend] = {
+    "reference": _Backend("reference", lambda device_type: None, "flat._reference"),
+    "triton": _Backend("triton", _probe_triton, "flat_kernels.triton"),
+    "cupy": _Backend("cupy", _probe_cupy, "flat_kernels.cupy"),
+}
+# "auto" preference per device type, fastest first.
+_AUTO_ORDER = {"cuda": ("triton", "cupy", "reference")}
+
+_CONTEXT: contextvars.ContextVar[str | None] = contextvars.ContextVar("flat_backend", default=None)
+
+
+def register_impl(backend: str, op: str, fn: Callable) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op`` (see the module docstring)."""
+    if backend not in _REGISTRY:
+        raise ValueError(f"backend: unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
+    _REGISTRY[backend].impls[op] = fn
+
+
+def unavailable_reason(name: str, device_type: str | None = None) -> str | None:
+    """``None`` if backend ``name`` can run on ``device_type`` (any device if None), else why not."""
+    _check_name(name)
+    if name == "auto":
+        return None
+    return _REGISTRY[name].probe(device_type)
+
+
+def available_backends() -> list[str]:
+    """Concrete backends that can run on this machine (``"reference"`` always first)."""
+    return [n for n in BACKEND_NAMES if _REGISTRY[n].probe(None) is None]
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or name not in CHOICES:
+        raise ValueError(f"backend: unknown backend {name!r}; expected one of {CHOICES}")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Context manager: ops inside use ``name`` unless a call passes ``backend=``.
+
+    >>> with use_backend("reference"):
+    ...     y = flat.ops.normal(x, sens, mask)
+    """
+    _check_name(name)
+    token = _CONTEXT.set(name)
+    try:
+        yield name
+    finally:
+        _CONTEXT.reset(token)
+
+
+def requested(backend: str | None = None) -> str:
+    """The backend name in force for a call: keyword > use_backend > FLAT_BACKEND > "auto"."""
+    name = backend or _CONTEXT.get() or os.environ.get("FLAT_BACKEND") or "auto"
+    name = name.strip().lower()
+    _check_name(name)
+    return name
+
+
+def resolve(backend: str | None, device_type: str) -> str:
+    """Turn a requested backend (or ``None``) into a concrete backend for tensors on ``device_type``.
+
+    Raises :class:`BackendUnavailableError` if a backend named explicitly cannot run there.
+    """
+    name = requested(backend)
+    if name == "auto":
+        for cand in _AUTO_ORDER.get(device_type, ("reference",)):
+            if _REGISTRY[cand].probe(device_type) is None:
+                return cand
+        return "reference"
+    reason = _REGISTRY[name].probe(device_type)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
+    return name
+
+
+def _load(name: str) -> _Backend:
+    b = _REGISTRY[name]
+    if not b.loaded:
+        if b.module is not None:
+            try:
+                importlib.import_module(b.module)
+            except ImportError as exc:  # e.g. triton installed but broken
+                raise BackendUnavailableError(f"backend {name!r} failed to import: {exc}") from exc
+        b.loaded = True
+    return b
+
+
+def get_impl(name: str, op: str) -> Callable:
+    """The implementation of ``op`` for concrete backend ``name``; the reference one if it has none."""
+    impl = _load(name).impls.get(op)
+    if impl is None:
+        impl = _load("reference").impls[op]
+    return impl
+
+
+def implemented_ops(name: str) -> list[str]:
+    """Ops that backend ``name`` implements itself (forward and ``*_backward``)."""
+    return sorted(_load(name).impls)

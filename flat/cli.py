@@ -1,0 +1,54 @@
+"""The ``flat`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; this file only wires them together and turns errors into one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "demo": ("flat.demo", "build demo data, train FLAT and the vanilla baseline, compare (CPU, minutes)"),
+    "train": ("flat.train", "train a model on fastMRI-format data (also under torchrun)"),
+    "recon": ("flat.recon", "reconstruct fastMRI files into submission files"),
+    "eval": ("flat.evaluate", "fastMRI metrics (NMSE, PSNR, SSIM) of predictions against targets"),
+    "data": ("flat.data.cli", "data utilities (`flat data demo OUT`)"),
+}
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, exit status 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flat", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"flat {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, no traceback; FLAT_DEBUG=1 shows it
+        if os.environ.get("FLAT_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"flat {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
