@@ -15,6 +15,8 @@ un-shifted FFT along W only for a column mask (the H transform is unitary and ca
 Backward formulas follow design/kernels.md §6 with PyTorch's convention for complex gradients
 (``grad`` is the conjugate Wirtinger derivative ∂L/∂z̄ of a real loss):
 for ``out = A(z)`` linear, ``grad_z = Aᴴ grad_out``; for ``out = conj(s) u``, ``grad_s = conj(grad_out) u``.
+Conjugates are ``conj_physical``: a lazy ``.conj()`` inside a custom op gives wrong numbers under
+torch.compile (kernels.md §5; caught by ``opcheck``).
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def _grad_scalar(contrib, like):
 def _adjoint_y(kspace, sens, mask):
     """Aᴴy and the per-coil q_c = ifft2c(M y_c) it is built from."""
     q = ifft2c(_apply_mask(mask, kspace))
-    return (sens.conj() * q).sum(1), q
+    return (sens.conj_physical() * q).sum(1), q
 
 
 # ---------------------------------------------------------------- forward ops
@@ -84,7 +86,7 @@ def sens_expand(image, sens):
 
 
 def sens_reduce(kspace, sens):
-    return (sens.conj() * ifft2c(kspace)).sum(1)
+    return (sens.conj_physical() * ifft2c(kspace)).sum(1)
 
 
 def sense_forward(image, sens, mask):
@@ -96,7 +98,7 @@ def sense_adjoint(kspace, sens, mask):
 
 
 def normal(image, sens, mask):
-    return (sens.conj() * _project(sens * image.unsqueeze(1), _projector(mask))).sum(1)
+    return (sens.conj_physical() * _project(sens * image.unsqueeze(1), _projector(mask))).sum(1)
 
 
 def dc_gradient(image, kspace, sens, mask):
@@ -140,8 +142,8 @@ def sens_expand_backward(g, inputs, needs):
     image, sens = inputs
     u = ifft2c(g)  # Fᴴ g per coil
     return (
-        (sens.conj() * u).sum(1) if needs[0] else None,
-        image.conj().unsqueeze(1) * u if needs[1] else None,
+        (sens.conj_physical() * u).sum(1) if needs[0] else None,
+        image.conj_physical().unsqueeze(1) * u if needs[1] else None,
     )
 
 
@@ -149,7 +151,7 @@ def sens_reduce_backward(g, inputs, needs):
     kspace, sens = inputs
     return (
         fft2c(sens * g.unsqueeze(1)) if needs[0] else None,
-        g.conj().unsqueeze(1) * ifft2c(kspace) if needs[1] else None,
+        g.conj_physical().unsqueeze(1) * ifft2c(kspace) if needs[1] else None,
     )
 
 
@@ -157,8 +159,8 @@ def sense_forward_backward(g, inputs, needs):
     image, sens, mask = inputs
     u = ifft2c(_apply_mask(mask, g))
     return (
-        (sens.conj() * u).sum(1) if needs[0] else None,
-        image.conj().unsqueeze(1) * u if needs[1] else None,
+        (sens.conj_physical() * u).sum(1) if needs[0] else None,
+        image.conj_physical().unsqueeze(1) * u if needs[1] else None,
         None,
     )
 
@@ -167,7 +169,7 @@ def sense_adjoint_backward(g, inputs, needs):
     kspace, sens, mask = inputs
     return (
         sense_forward(g, sens, mask) if needs[0] else None,
-        g.conj().unsqueeze(1) * ifft2c(_apply_mask(mask, kspace)) if needs[1] else None,
+        g.conj_physical().unsqueeze(1) * ifft2c(_apply_mask(mask, kspace)) if needs[1] else None,
         None,
     )
 
@@ -177,7 +179,7 @@ def _normal_sens_grad(g, image, sens, proj, q=None):
     pSx = _project(sens * image.unsqueeze(1), proj)
     if q is not None:
         pSx = pSx - q
-    return pSx * g.conj().unsqueeze(1) + image.conj().unsqueeze(1) * _project(sens * g.unsqueeze(1), proj)
+    return pSx * g.conj_physical().unsqueeze(1) + image.conj_physical().unsqueeze(1) * _project(sens * g.unsqueeze(1), proj)
 
 
 def normal_backward(g, inputs, needs):
@@ -215,9 +217,9 @@ def flow_step_backward(g, inputs, needs):
     if needs[5] or needs[6]:
         r = _residual(image, kspace, sens, mask, ahy)
         if needs[5]:
-            grad_dt = _grad_scalar((g.conj() * (velocity - lam_ * r)).real, dt)
+            grad_dt = _grad_scalar((g.conj_physical() * (velocity - lam_ * r)).real, dt)
         if needs[6]:
-            grad_lam = _grad_scalar((g.conj() * (-dt_ * r)).real, lam)
+            grad_lam = _grad_scalar((g.conj_physical() * (-dt_ * r)).real, lam)
     grad_ahy = c * g if ahy is not None and needs[7] else None
     return grad_x, grad_v, grad_y, grad_s, None, grad_dt, grad_lam, grad_ahy
 
@@ -229,16 +231,16 @@ def kspace_flow_step_backward(g, inputs, needs):
     cmg = (dt_ * lam_) * m * g
     u = ifft2c(g) if (needs[1] or needs[3]) else None
     grad_k = g - cmg if needs[0] else None
-    grad_z = _per_batch(dt, 3) * (sens.conj() * u).sum(1) if needs[1] else None
+    grad_z = _per_batch(dt, 3) * (sens.conj_physical() * u).sum(1) if needs[1] else None
     grad_y = cmg if needs[2] else None
-    grad_s = dt_ * image_update.conj().unsqueeze(1) * u if needs[3] else None
+    grad_s = dt_ * image_update.conj_physical().unsqueeze(1) * u if needs[3] else None
     grad_dt = grad_lam = None
     if needs[5] or needs[6]:
         diff = m * (kstate - kspace)
         if needs[5]:
-            grad_dt = _grad_scalar((g.conj() * (sens_expand(image_update, sens) - lam_ * diff)).real, dt)
+            grad_dt = _grad_scalar((g.conj_physical() * (sens_expand(image_update, sens) - lam_ * diff)).real, dt)
         if needs[6]:
-            grad_lam = _grad_scalar((g.conj() * (-dt_ * diff)).real, lam)
+            grad_lam = _grad_scalar((g.conj_physical() * (-dt_ * diff)).real, lam)
     return grad_k, grad_z, grad_y, grad_s, None, grad_dt, grad_lam
 
 

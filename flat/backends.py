@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
+
+import torch
 
 BACKEND_NAMES = ("reference", "triton", "cupy")
 CHOICES = BACKEND_NAMES + ("auto",)
@@ -56,8 +59,6 @@ def _probe_triton(device_type: str | None) -> str | None:
     if device_type == "cpu" and not interpret:
         return "Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
     if device_type is None and not interpret:
-        import torch
-
         if not torch.cuda.is_available():
             return "no CUDA GPU is available (and TRITON_INTERPRET=1 is not set)"
     if device_type not in (None, "cpu", "cuda"):
@@ -69,8 +70,6 @@ def _probe_cupy(device_type: str | None) -> str | None:
     # Never import cupy here: only look for it.
     if importlib.util.find_spec("cupy") is None:
         return "the 'cupy' package is not installed (pip install 'flat-mri[cupy]')"
-    import torch
-
     if device_type not in (None, "cuda"):
         return f"the CuPy backend runs on CUDA tensors, not on {device_type!r}"
     if not torch.cuda.is_available():
@@ -105,17 +104,28 @@ def register_impl(backend: str, op: str, fn: Callable) -> None:
     _REGISTRY[backend].impls[op] = fn
 
 
+@functools.lru_cache(maxsize=None)
+def _probe_cached(name: str, device_type: str | None, interpret: str | None) -> str | None:
+    # Probes look for packages and GPUs: cached so that eager per-call dispatch stays cheap.
+    # TRITON_INTERPRET is part of the key because it changes what Triton can run.
+    return _REGISTRY[name].probe(device_type)
+
+
+def _probe(name: str, device_type: str | None) -> str | None:
+    return _probe_cached(name, device_type, os.environ.get("TRITON_INTERPRET"))
+
+
 def unavailable_reason(name: str, device_type: str | None = None) -> str | None:
     """``None`` if backend ``name`` can run on ``device_type`` (any device if None), else why not."""
     _check_name(name)
     if name == "auto":
         return None
-    return _REGISTRY[name].probe(device_type)
+    return _probe(name, device_type)
 
 
 def available_backends() -> list[str]:
     """Concrete backends that can run on this machine (``"reference"`` always first)."""
-    return [n for n in BACKEND_NAMES if _REGISTRY[n].probe(None) is None]
+    return [n for n in BACKEND_NAMES if _probe(n, None) is None]
 
 
 def _check_name(name: str) -> None:
@@ -146,6 +156,8 @@ def requested(backend: str | None = None) -> str:
     return name
 
 
+# Under torch.compile the choice is made once, at trace time, and baked into the graph.
+@torch.compiler.assume_constant_result
 def resolve(backend: str | None, device_type: str) -> str:
     """Turn a requested backend (or ``None``) into a concrete backend for tensors on ``device_type``.
 
@@ -154,10 +166,10 @@ def resolve(backend: str | None, device_type: str) -> str:
     name = requested(backend)
     if name == "auto":
         for cand in _AUTO_ORDER.get(device_type, ("reference",)):
-            if _REGISTRY[cand].probe(device_type) is None:
+            if _probe(cand, device_type) is None:
                 return cand
         return "reference"
-    reason = _REGISTRY[name].probe(device_type)
+    reason = _probe(name, device_type)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
     return name

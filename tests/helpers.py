@@ -15,14 +15,14 @@ RTOL = {torch.complex64: 1e-5, torch.float32: 1e-5, torch.complex128: 1e-10, tor
 
 
 def rel_err(got, want) -> float:
-    got = torch.as_tensor(got).to(torch.complex128)
-    want = torch.as_tensor(want).to(torch.complex128)
+    got = torch.as_tensor(got).detach().to(torch.complex128)
+    want = torch.as_tensor(want).detach().to(torch.complex128)
     return float((got - want).abs().norm() / want.abs().norm().clamp_min(1e-300))
 
 
 def assert_rel_close(got, want, dtype=None, rtol=None, name="output"):
     """Relative-norm check against an oracle; on failure name the worst element and the count."""
-    got_t, want_t = torch.as_tensor(got), torch.as_tensor(want)
+    got_t, want_t = torch.as_tensor(got).detach(), torch.as_tensor(want).detach()
     if rtol is None:
         rtol = RTOL[dtype if dtype is not None else got_t.dtype]
     assert got_t.shape == want_t.shape, f"{name}: shape {tuple(got_t.shape)} != {tuple(want_t.shape)}"
