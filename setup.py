@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
-        "cupy": ["cupy-cuda12x>=13"],
+        "cupy": ["cupy-cuda12x[ctk]>=13"],  # [ctk]: the CUDA libraries cuFFT/NVRTC need
         "test": [
             "pytest>=7",
             "pytest-benchmark>=4",

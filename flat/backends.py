@@ -166,7 +166,7 @@ def resolve(backend: str | None, device_type: str) -> str:
     name = requested(backend)
     if name == "auto":
         for cand in _AUTO_ORDER.get(device_type, ("reference",)):
-            if _probe(cand, device_type) is None:
+            if _probe(cand, device_type) is None and _loads(cand):
                 return cand
         return "reference"
     reason = _probe(name, device_type)
@@ -185,6 +185,15 @@ def _load(name: str) -> _Backend:
                 raise BackendUnavailableError(f"backend {name!r} failed to import: {exc}") from exc
         b.loaded = True
     return b
+
+
+def _loads(name: str) -> bool:
+    """Whether backend ``name`` imports (only "auto" may pass over one that does not)."""
+    try:
+        _load(name)
+        return True
+    except BackendUnavailableError:
+        return False
 
 
 def get_impl(name: str, op: str) -> Callable:

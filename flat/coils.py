@@ -1,0 +1,92 @@
+"""Coil sensitivities from the fully sampled k-space centre (ACS lines).
+
+The classic low-resolution estimate (also the initial step of E2E-VarNet's sensitivity network):
+keep only the ``num_low_frequencies`` central phase-encode columns -- the same block fastMRI's masks
+sample, starting at ``(W - num_low + 1) // 2`` -- transform each coil to the image domain and divide
+by the root-sum-of-squares over coils, so that ``sum_c |S_c|^2 = 1`` wherever the low-resolution
+RSS exceeds ``threshold`` times its maximum (zero elsewhere).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+
+def acs_block(num_cols: int, num_low: int) -> tuple[int, int]:
+    """``(start, stop)`` of fastMRI's fully sampled centre block of ``num_low`` columns."""
+    start = (num_cols - num_low + 1) // 2
+    return start, start + num_low
+
+
+def _tukey(n: int, dtype, device, alpha: float = 0.5) -> torch.Tensor:
+    # Tukey window sampled strictly inside (0, 1) so the edge columns keep some weight.
+    u = (torch.arange(n, dtype=torch.float64) + 1) / (n + 1)
+    w = torch.ones(n, dtype=torch.float64)
+    lo, hi = u < alpha / 2, u > 1 - alpha / 2
+    w[lo] = 0.5 * (1 - torch.cos(2 * torch.pi * u[lo] / alpha))
+    w[hi] = 0.5 * (1 - torch.cos(2 * torch.pi * (1 - u[hi]) / alpha))
+    return w.to(dtype=dtype, device=device)
+
+
+def estimate_sens_acs(
+    masked_kspace: torch.Tensor,
+    num_low_frequencies: Union[int, torch.Tensor],
+    *,
+    threshold: float = 1e-6,
+    window: Optional[str] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """ACS sensitivity maps ``(B, C, H, W)`` from masked k-space ``(B, C, H, W)`` (complex).
+
+    Args:
+        masked_kspace: complex k-space, ``(B, C, H, W)``; the centre block must be fully sampled.
+        num_low_frequencies: centre width (int, or a ``(B,)`` tensor / sequence for per-sample
+            widths), as returned by the mask functions.
+        threshold: pixels whose low-resolution RSS is below ``threshold * max`` get ``S = 0``.
+        window: ``None`` (rectangular, as E2E-VarNet), ``"hann"`` (tapers the whole ACS block along
+            W) or ``"tukey"`` (flat middle half, cosine tapers on the outer quarters: less ringing
+            while keeping resolution when the block is narrow).
+        backend: passed to :func:`flat.ops.ifft2c`.
+    """
+    import flat.ops as fo
+
+    k = masked_kspace
+    if not isinstance(k, torch.Tensor) or not torch.is_complex(k):
+        raise TypeError(
+            f"masked_kspace: expected a complex tensor (B, C, H, W), got "
+            f"{getattr(k, 'dtype', type(k).__name__)}"
+        )
+    if k.ndim != 4:
+        raise ValueError(f"masked_kspace: expected (B, C, H, W), got shape {tuple(k.shape)}")
+    B, C, H, W = k.shape
+    if isinstance(num_low_frequencies, torch.Tensor):
+        nl = [int(v) for v in num_low_frequencies.reshape(-1).tolist()]
+    elif isinstance(num_low_frequencies, (list, tuple)):
+        nl = [int(v) for v in num_low_frequencies]
+    else:
+        nl = [int(num_low_frequencies)]
+    if len(nl) == 1:
+        nl = nl * B
+    if len(nl) != B:
+        raise ValueError(f"num_low_frequencies: {len(nl)} values for a batch of {B}")
+    if window not in (None, "hann", "tukey"):
+        raise ValueError(f"window: expected None, 'hann' or 'tukey', got {window!r}")
+
+    col_w = torch.zeros(B, W, dtype=k.real.dtype, device=k.device)
+    for b, n in enumerate(nl):
+        if not 1 <= n <= W:
+            raise ValueError(f"num_low_frequencies: {n} is outside [1, W={W}]")
+        s, e = acs_block(W, n)
+        if window == "hann" and n > 2:
+            col_w[b, s:e] = torch.hann_window(n + 2, periodic=False, dtype=col_w.dtype, device=k.device)[1:-1]
+        elif window == "tukey" and n > 2:
+            col_w[b, s:e] = _tukey(n, col_w.dtype, k.device)
+        else:
+            col_w[b, s:e] = 1
+    low = fo.ifft2c(k * col_w[:, None, None, :], backend=backend)
+    rss = low.abs().pow(2).sum(1, keepdim=True).sqrt()
+    peak = rss.amax(dim=(-2, -1), keepdim=True)
+    ok = rss > threshold * peak
+    sens = torch.where(ok, low / torch.where(ok, rss, torch.ones_like(rss)), torch.zeros((), dtype=low.dtype))
+    return sens

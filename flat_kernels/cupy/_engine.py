@@ -1,0 +1,338 @@
+"""Host-side orchestration of the CuPy backend: which kernel runs when, with which shifts and scales.
+
+This module is array-library agnostic and imports neither CuPy nor torch. It drives a *runtime*
+object that provides
+
+* ``xp``                           the array module (``cupy`` on the GPU, ``numpy`` in the CPU test);
+* ``empty(shape, dtype)``          a C-contiguous uninitialised array;
+* ``fft(buf, axes, inverse)``      an **in-place, unscaled** complex FFT over ``axes`` ((-1,) or (-2, -1));
+* ``launch(name, dtype, B, HW, args)``  run kernel ``flat_<name>_<c64|c128>`` of
+  ``flat_kernels/cuda/dc_fused.cu`` over B batches x HW pixels; ``args`` is a list of
+  ``(kind, value)`` with kind ``"ptr"`` (array or None), ``"int"`` or ``"real"``.
+
+The GPU runtime (:mod:`flat_kernels.cupy._runtime`) maps these onto cuFFT plans and NVRTC kernels;
+``tests/test_cupy.py`` maps them onto ``numpy.fft`` and the same ``.cu`` source compiled for the host,
+so the index arithmetic of the kernels and this orchestration are checked on a CPU machine.
+
+Every array handed in is C-contiguous with the canonical shapes of :mod:`flat.backends`: images
+``(B, H, W)``, coil stacks ``(B, C, H, W)``, masks ``(Bm, Hm, W)`` real, ``dt``/``lam`` real of
+shape ``()`` or ``(B,)``. Formulas: design/kernels.md §1 (forward) and §6 (backward), identical to
+:mod:`flat._reference` (the oracle).
+"""
+from __future__ import annotations
+
+import math
+
+KERNEL_FILE = "dc_fused.cu"
+
+# Kernel signatures, in the order of the .cu parameters (checked against the source in the tests).
+SIGNATURES = {
+    "prologue": (
+        ("A", "ptr"), ("X", "ptr"), ("M", "rptr"), ("out", "ptr"), ("has_x", "int"), ("has_m", "int"),
+        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("Bm", "int"), ("Hm", "int"),
+        ("shH", "int"), ("shW", "int"),
+    ),
+    "mask_apply": (
+        ("buf", "ptr"), ("M", "rptr"), ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"),
+        ("Bm", "int"), ("Hm", "int"), ("shH", "int"), ("shW", "int"),
+    ),
+    "reduce_epilogue": (
+        ("S", "ptr"), ("buf", "ptr"), ("X", "ptr"), ("V", "ptr"), ("R0", "ptr"),
+        ("a", "rptr"), ("a_stride", "int"), ("cc", "rptr"), ("c_stride", "int"), ("out", "ptr"),
+        ("scale", "real"), ("has_x", "int"), ("has_v", "int"), ("has_r0", "int"),
+        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("shH", "int"), ("shW", "int"),
+    ),
+    "kspace_epilogue": (
+        ("buf", "ptr"), ("K", "ptr"), ("Y", "ptr"), ("M", "rptr"),
+        ("ck", "rptr"), ("ck_stride", "int"), ("cf", "rptr"), ("cf_stride", "int"), ("out", "ptr"),
+        ("scale", "real"), ("has_k", "int"), ("has_y", "int"), ("has_m", "int"), ("mask_fft", "int"),
+        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("Bm", "int"), ("Hm", "int"),
+        ("shH", "int"), ("shW", "int"),
+    ),
+    "grad_sens": (
+        ("X", "ptr"), ("G", "ptr"), ("U", "ptr"), ("Q", "ptr"), ("Wb", "ptr"),
+        ("coef", "rptr"), ("coef_stride", "int"), ("out", "ptr"),
+        ("su", "real"), ("sq", "real"), ("sw", "real"), ("has_u", "int"), ("has_q", "int"),
+        ("qshH", "int"), ("qshW", "int"), ("wshH", "int"), ("wshW", "int"),
+        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"),
+    ),
+}
+
+
+def _ishift(n: int) -> int:
+    """Read offset of ifftshift: ifftshift(z)[i] = z[(i + n//2) mod n]."""
+    return n // 2
+
+
+def _fshift(n: int) -> int:
+    """Read offset of fftshift: fftshift(u)[i] = u[(i + (n+1)//2) mod n]."""
+    return (n + 1) // 2
+
+
+class Engine:
+    """The fused data-consistency ops on arrays of one runtime (see the module docstring)."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.xp = rt.xp
+
+    # ------------------------------------------------------------ plumbing
+    def _launch(self, name, dtype, **kw):
+        args = [(kind, kw[pname]) for pname, kind in SIGNATURES[name]]
+        self.rt.launch(name, dtype, kw["B"], kw["H"] * kw["W"], args)
+
+    def _coef(self, t, B):
+        """A per-batch real coefficient as (contiguous 1-D array, stride 0 or 1)."""
+        t = self.xp.ascontiguousarray(self.xp.reshape(t, (-1,)))
+        if t.shape[0] not in (1, B):
+            raise ValueError(f"dt/lam: expected shape () or ({B},), got {tuple(t.shape)}")
+        return t, (0 if t.shape[0] == 1 else 1)
+
+    def _real(self, dtype):
+        return self.xp.float32 if self.xp.dtype(dtype) == self.xp.complex64 else self.xp.float64
+
+    def _const(self, value, dtype):
+        return self.xp.full((1,), value, dtype=self._real(dtype))
+
+    @staticmethod
+    def _dims(sens):
+        B, C, H, W = sens.shape
+        return B, C, H, W
+
+    # ------------------------------------------------------------ building blocks
+    def _expand(self, S, x, mask=None, centered=False):
+        """Coil stack ``S ⊙ x`` (or ``M ⊙ y`` with ``x=None``), ifftshift-ed when ``centered``."""
+        B, C, H, W = self._dims(S)
+        buf = self.rt.empty(S.shape, S.dtype)
+        m = mask if mask is not None else None
+        self._launch(
+            "prologue", S.dtype,
+            A=S, X=x, M=m, out=buf, has_x=int(x is not None), has_m=int(m is not None),
+            B=B, Cn=C, H=H, W=W,
+            Bm=(m.shape[0] if m is not None else 1), Hm=(m.shape[1] if m is not None else 1),
+            shH=_ishift(H) if centered else 0, shW=_ishift(W) if centered else 0,
+        )
+        return buf
+
+    def _project(self, buf, mask):
+        """In place: buf <- (unscaled) Fᴴ diag(ifftshift M) F buf; returns the scale 1/N to apply."""
+        B, C, H, W = buf.shape
+        column = mask.shape[1] == 1
+        axes = (-1,) if column else (-2, -1)
+        self.rt.fft(buf, axes, inverse=False)
+        self._launch(
+            "mask_apply", buf.dtype,
+            buf=buf, M=mask, B=B, Cn=C, H=H, W=W, Bm=mask.shape[0], Hm=mask.shape[1],
+            shH=0 if column else _ishift(H), shW=_ishift(W),
+        )
+        self.rt.fft(buf, axes, inverse=True)
+        return 1.0 / (W if column else H * W)
+
+    def _reduce(self, S, buf, scale, centered=False, x=None, v=None, r0=None, a=None, c=None):
+        """x + a·v − c·(scale·Σ_c conj(S_c)·buf_c − r0) with fftshift-ed reads of buf if centered."""
+        B, C, H, W = self._dims(S)
+        if c is None:
+            c = self._const(-1.0, S.dtype)
+        cc, cs = self._coef(c, B)
+        aa, as_ = self._coef(a, B) if a is not None else (cc, 0)
+        out = self.rt.empty((B, H, W), S.dtype)
+        self._launch(
+            "reduce_epilogue", S.dtype,
+            S=S, buf=buf, X=x, V=v, R0=r0, a=aa, a_stride=as_, cc=cc, c_stride=cs, out=out,
+            scale=scale, has_x=int(x is not None), has_v=int(v is not None), has_r0=int(r0 is not None),
+            B=B, Cn=C, H=H, W=W, shH=_fshift(H) if centered else 0, shW=_fshift(W) if centered else 0,
+        )
+        return out
+
+    def _kspace_out(self, buf, mask=None, k=None, y=None, ck=None, cf=None, mask_fft=False):
+        """Epilogue on buf = unscaled FFT2 of ifftshift(S ⊙ z): cf·M?·fft2c(S z) [+ k − ck·M·(k − y)]."""
+        B, C, H, W = buf.shape
+        if cf is None:
+            cf = self._const(1.0, buf.dtype)
+        cfa, cfs = self._coef(cf, B)
+        cka, cks = self._coef(ck, B) if ck is not None else (cfa, 0)
+        out = self.rt.empty(buf.shape, buf.dtype)
+        self._launch(
+            "kspace_epilogue", buf.dtype,
+            buf=buf, K=k, Y=y, M=mask, ck=cka, ck_stride=cks, cf=cfa, cf_stride=cfs, out=out,
+            scale=1.0 / math.sqrt(H * W), has_k=int(k is not None), has_y=int(y is not None),
+            has_m=int(mask is not None), mask_fft=int(mask_fft),
+            B=B, Cn=C, H=H, W=W,
+            Bm=(mask.shape[0] if mask is not None else 1), Hm=(mask.shape[1] if mask is not None else 1),
+            shH=_fshift(H), shW=_fshift(W),
+        )
+        return out
+
+    def _fft2c_coils(self, S, z):
+        """Unscaled FFT2 of ifftshift(S ⊙ z): feed to :meth:`_kspace_out`."""
+        buf = self._expand(S, z, centered=True)
+        self.rt.fft(buf, (-2, -1), inverse=False)
+        return buf
+
+    def _ifft2c_coils(self, k, mask=None):
+        """Unscaled IFFT2 of ifftshift(M ⊙ k): read it fftshift-ed with scale 1/sqrt(HW)."""
+        buf = self._expand(k, None, mask=mask, centered=True)
+        self.rt.fft(buf, (-2, -1), inverse=True)
+        return buf, 1.0 / math.sqrt(k.shape[-2] * k.shape[-1])
+
+    def _grad_sens(self, x, g, coef, U=None, su=0.0, Q=None, sq=0.0, Wb=None, sw=1.0, w_centered=False):
+        B, H, W = x.shape
+        C = Wb.shape[1]
+        co, cs = self._coef(coef, B)
+        out = self.rt.empty(Wb.shape, Wb.dtype)
+        self._launch(
+            "grad_sens", x.dtype,
+            X=x, G=g, U=U, Q=Q, Wb=Wb, coef=co, coef_stride=cs, out=out,
+            su=su, sq=sq, sw=sw, has_u=int(U is not None), has_q=int(Q is not None),
+            qshH=_fshift(H), qshW=_fshift(W),
+            wshH=_fshift(H) if w_centered else 0, wshW=_fshift(W) if w_centered else 0,
+            B=B, Cn=C, H=H, W=W,
+        )
+        return out
+
+    def _grad_scalar(self, contrib, like):
+        per_b = self.xp.reshape(contrib, (contrib.shape[0], -1)).sum(1)
+        out = per_b.sum() if like.ndim == 0 else per_b
+        return self.xp.asarray(out, dtype=like.dtype).reshape(like.shape)
+
+    def _per_batch(self, t, ndim):
+        return t if t.ndim == 0 else self.xp.reshape(t, (-1,) + (1,) * (ndim - 1))
+
+    # ------------------------------------------------------------ forward ops
+    def sens_expand(self, image, sens):
+        return self._kspace_out(self._fft2c_coils(sens, image))
+
+    def sense_forward(self, image, sens, mask):
+        return self._kspace_out(self._fft2c_coils(sens, image), mask=mask, mask_fft=True)
+
+    def sens_reduce(self, kspace, sens):
+        buf, s = self._ifft2c_coils(kspace)
+        return self._reduce(sens, buf, s, centered=True)
+
+    def sense_adjoint(self, kspace, sens, mask):
+        buf, s = self._ifft2c_coils(kspace, mask)
+        return self._reduce(sens, buf, s, centered=True)
+
+    def normal(self, image, sens, mask):
+        buf = self._expand(sens, image)
+        s = self._project(buf, mask)
+        return self._reduce(sens, buf, s)
+
+    def dc_gradient(self, image, kspace, sens, mask):
+        ahy = self.sense_adjoint(kspace, sens, mask)
+        buf = self._expand(sens, image)
+        s = self._project(buf, mask)
+        return self._reduce(sens, buf, s, r0=ahy)
+
+    def flow_step(self, image, velocity, kspace, sens, mask, dt, lam, ahy=None):
+        if ahy is None:
+            ahy = self.sense_adjoint(kspace, sens, mask)
+        buf = self._expand(sens, image)
+        s = self._project(buf, mask)
+        return self._reduce(sens, buf, s, x=image, v=velocity, r0=ahy, a=dt, c=dt * lam)
+
+    def kspace_flow_step(self, kstate, image_update, kspace, sens, mask, dt, lam):
+        buf = self._fft2c_coils(sens, image_update)
+        return self._kspace_out(buf, mask=mask, k=kstate, y=kspace, ck=dt * lam, cf=dt)
+
+    # ------------------------------------------------------------ backward ops: fn(grad, inputs, needs)
+    def normal_backward(self, g, inputs, needs):
+        image, sens, mask = inputs
+        gx = gs = None
+        if needs[0] or needs[1]:
+            w = self._expand(sens, g)
+            s = self._project(w, mask)
+            if needs[0]:
+                gx = self._reduce(sens, w, s)
+            if needs[1]:
+                u = self._expand(sens, image)
+                self._project(u, mask)
+                gs = self._grad_sens(image, g, self._const(-1.0, g.dtype), U=u, su=s, Wb=w, sw=s)
+        return gx, gs, None
+
+    def dc_gradient_backward(self, g, inputs, needs):
+        image, kspace, sens, mask = inputs
+        gx = gy = gs = None
+        if needs[0] or needs[2]:
+            w = self._expand(sens, g)
+            s = self._project(w, mask)
+            if needs[0]:
+                gx = self._reduce(sens, w, s)
+            if needs[2]:
+                u = self._expand(sens, image)
+                self._project(u, mask)
+                q, sq = self._ifft2c_coils(kspace, mask)
+                gs = self._grad_sens(image, g, self._const(-1.0, g.dtype), U=u, su=s, Q=q, sq=sq, Wb=w, sw=s)
+        if needs[1]:
+            gy = self._kspace_out(self._fft2c_coils(sens, g), mask=mask, cf=self._const(-1.0, g.dtype),
+                                  mask_fft=True)
+        return gx, gy, gs, None
+
+    def flow_step_backward(self, g, inputs, needs):
+        image, velocity, kspace, sens, mask, dt, lam, ahy = inputs
+        c = dt * lam
+        gx = gv = gy = gs = gdt = glam = gahy = None
+        w = s = None
+        if needs[0] or needs[3]:
+            w = self._expand(sens, g)
+            s = self._project(w, mask)
+        if needs[0]:
+            gx = self._reduce(sens, w, s, x=g, c=c)  # (I − dt·lam·AᴴA) g
+        if needs[1]:
+            gv = self._per_batch(dt, 3) * g
+        if needs[2] and ahy is None:
+            gy = self._kspace_out(self._fft2c_coils(sens, g), mask=mask, cf=c, mask_fft=True)
+        u = su = None
+        if needs[3] or needs[5] or needs[6]:
+            u = self._expand(sens, image)
+            su = self._project(u, mask)
+        q = sq = None
+        if ahy is None and (needs[3] or needs[5] or needs[6]):
+            q, sq = self._ifft2c_coils(kspace, mask)
+        if needs[3]:
+            gs = self._grad_sens(image, g, c, U=u, su=su, Q=q, sq=sq or 0.0, Wb=w, sw=s)
+        if needs[5] or needs[6]:
+            r0 = ahy if ahy is not None else self._reduce(sens, q, sq, centered=True)
+            r = self._reduce(sens, u, su, r0=r0)  # AᴴA x − Aᴴy
+            gconj = self.xp.conj(g)
+            if needs[5]:
+                gdt = self._grad_scalar(self.xp.real(gconj * (velocity - self._per_batch(lam, 3) * r)), dt)
+            if needs[6]:
+                glam = self._grad_scalar(self.xp.real(gconj * (-self._per_batch(dt, 3) * r)), lam)
+        if ahy is not None and needs[7]:
+            gahy = self._per_batch(c, 3) * g
+        return gx, gv, gy, gs, None, gdt, glam, gahy
+
+    def kspace_flow_step_backward(self, g, inputs, needs):
+        kstate, image_update, kspace, sens, mask, dt, lam = inputs
+        xp = self.xp
+        dt4 = self._per_batch(dt, 4)
+        c4 = self._per_batch(dt * lam, 4)
+        m = mask[:, None]  # (Bm, 1, Hm, W)
+        gk = gz = gy = gs = gdt = glam = None
+        if needs[0] or needs[2]:
+            cmg = c4 * m * g
+            if needs[0]:
+                gk = g - cmg
+            if needs[2]:
+                gy = cmg
+        if needs[1] or needs[3]:
+            ub, su = self._ifft2c_coils(g)
+            if needs[1]:
+                gz = self._reduce(sens, ub, su, centered=True, c=-dt)
+            if needs[3]:
+                gs = self._grad_sens(image_update, None, -dt, Wb=ub, sw=su, w_centered=True)
+        if needs[5] or needs[6]:
+            diff = m * (kstate - kspace)
+            gconj = xp.conj(g)
+            if needs[5]:
+                fe = self.sens_expand(image_update, sens)
+                gdt = self._grad_scalar(xp.real(gconj * (fe - self._per_batch(lam, 4) * diff)), dt)
+            if needs[6]:
+                glam = self._grad_scalar(xp.real(gconj * (-dt4 * diff)), lam)
+        return gk, gz, gy, gs, None, gdt, glam
+
+
+OPS = ("sens_expand", "sens_reduce", "sense_forward", "sense_adjoint",
+       "normal", "dc_gradient", "flow_step", "kspace_flow_step")
+BACKWARD_OPS = ("normal", "dc_gradient", "flow_step", "kspace_flow_step")
