@@ -2,9 +2,9 @@
 
 PREDICTIONS: a folder of submission files (dataset ``reconstruction``, one file per volume, named
 like the target) or one file. TARGETS: fastMRI files with ``reconstruction_rss`` and attr ``max``
-(folder or one file). Both volumes are centre-cropped as fastMRI's ``evaluate.py`` does; the data
-range is the target's ``max`` attribute (``--data-range volume``: the cropped target's maximum,
-as fastMRI's stand-alone script). Definitions: :mod:`flat.metrics`.
+(folder or one file). Both volumes are centre-cropped as fastMRI's ``evaluate.py`` does, and the
+data range is the cropped target volume's maximum, as there (``--data-range attr``: the target's
+``max`` attribute instead; the two agree on fastMRI's own files). Definitions: :mod:`flat.metrics`.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder (or file) of fastMRI files with 'reconstruction_rss'")
     parser.add_argument("--json", metavar="FILE", type=Path, default=None,
                         help="also write the per-volume and mean metrics as JSON")
-    parser.add_argument("--data-range", choices=("attr", "volume"), default="attr",
-                        help="SSIM/PSNR data range: the target's 'max' attr (default) or the cropped target's max")
+    parser.add_argument("--data-range", choices=("attr", "volume"), default="volume",
+                        help="SSIM/PSNR data range: the cropped target's max (default, as fastMRI's evaluate.py) or its 'max' attr")
 
 
 def _finite(obj):

@@ -5,8 +5,8 @@
 - ``ssim``: scikit-image's ``structural_similarity`` per slice (7x7 uniform window, its defaults),
   ``data_range = maxval``, averaged over slices.
 
-``maxval`` defaults to ``gt.max()`` as in fastMRI; :func:`evaluate_folders` passes the target
-file's ``max`` attribute (fastMRI's "data range = volume max").
+``maxval`` defaults to ``gt.max()`` as in fastMRI; :func:`evaluate_folders` uses the cropped target
+volume's maximum by default, as fastMRI's ``evaluate.py`` does (or the file's ``max`` attribute).
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def evaluate_folders(
     predictions: Union[str, os.PathLike],
     targets: Union[str, os.PathLike],
     *,
-    data_range: str = "attr",
+    data_range: str = "volume",
     progress: bool = False,
 ) -> dict:
     """Metrics of every target volume against the prediction file of the same name.
