@@ -84,6 +84,7 @@ import threading
 import cupy  # noqa: F401  (fail at backend load, with a clear error, if CuPy is broken)
 import torch
 
+from flat._opaque import wrap_backward
 from flat.backends import register_impl
 
 from . import interop
@@ -151,4 +152,5 @@ def _backward(op):
 for _op in OPS:
     register_impl("cupy", _op, _forward(_op))
 for _op in BACKWARD_OPS:
-    register_impl("cupy", _op + "_backward", _backward(_op))
+    # backward as an opaque custom op so AOT autograd / torch.compile can trace it (flat/_opaque.py)
+    register_impl("cupy", _op + "_backward", wrap_backward("cupy", _op, _backward(_op)))
