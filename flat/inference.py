@@ -1,0 +1,91 @@
+"""Loading checkpoints and reconstructing volumes with a trained FLAT / vanilla model.
+
+``flat recon CKPT DATA OUT --method flat`` calls exactly :func:`load_model` and :func:`reconstruct`.
+Checkpoints are plain dicts of tensors and numbers (loaded with ``torch.load(weights_only=True)``):
+``{"kind": "flat-model" | "flat-train-state", "config": Config.to_dict(), "model": state_dict, ...}``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+CHECKPOINT_KINDS = ("flat-model", "flat-train-state")
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """``torch.load(weights_only=True)`` with errors that name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint: no such file: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code objects, ...
+        raise ValueError(f"checkpoint: cannot load {path} safely (weights_only): {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in CHECKPOINT_KINDS:
+        raise ValueError(f"checkpoint: {path} is not a FLAT checkpoint (expected kind in {CHECKPOINT_KINDS})")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, map_location="cpu"):
+    """A :class:`flat.model.FlatModel` in eval mode, rebuilt from the config stored in the checkpoint."""
+    from flat.config import Config
+    from flat.model import FlatModel
+
+    ckpt = read_checkpoint(path, map_location)
+    cfg = Config.from_dict(ckpt["config"])
+    model = FlatModel(cfg.model)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint: {path}: weights do not match its config: {str(exc).splitlines()[0]}") from None
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    model.eval()
+    model.config = cfg  # the whole config (data + train sections) for reporting
+    return model
+
+
+def _check_inputs(masked_kspace, mask):
+    if not isinstance(masked_kspace, torch.Tensor) or not masked_kspace.is_complex() or masked_kspace.dim() != 4:
+        raise ValueError(f"masked_kspace: expected a complex (S, C, H, W) tensor, got "
+                         f"{getattr(masked_kspace, 'dtype', type(masked_kspace).__name__)} "
+                         f"{tuple(getattr(masked_kspace, 'shape', ()))}")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 1 or mask.shape[0] != masked_kspace.shape[-1]:
+        raise ValueError(f"mask: expected a (W,) = ({masked_kspace.shape[-1]},) column mask, got "
+                         f"{tuple(getattr(mask, 'shape', ()))}")
+
+
+@torch.no_grad()
+def reconstruct_trajectory(model, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: int,
+                           *, backend: str | None = None, steps: int | None = None,
+                           sens: torch.Tensor | None = None, batch_size: int = 4) -> torch.Tensor:
+    """Magnitudes of every state x_0 … x_K: (K + 1, S, H, W) float32 in the input's intensity scale.
+
+    ``sens``: optional user coil maps (S, C, H, W) (required by ``model.sens=given`` models)."""
+    _check_inputs(masked_kspace, mask)
+    if sens is not None and tuple(sens.shape) != tuple(masked_kspace.shape):
+        raise ValueError(f"sens: expected shape {tuple(masked_kspace.shape)}, got {tuple(sens.shape)}")
+    device = next(model.parameters()).device
+    outs = []
+    for s in range(0, masked_kspace.shape[0], batch_size):
+        k = masked_kspace[s:s + batch_size].to(device=device, dtype=torch.complex64)
+        maps = None if sens is None else sens[s:s + batch_size].to(device)
+        out = model(k, mask.to(device), int(num_low_frequencies), sens=maps, steps=steps, backend=backend)
+        outs.append(torch.stack([out.magnitude(i) for i in range(len(out.images))]).float().cpu())
+    return torch.cat(outs, dim=1)
+
+
+@torch.no_grad()
+def reconstruct(model, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: int,
+                *, backend: str | None = None, steps: int | None = None,
+                sens: torch.Tensor | None = None) -> torch.Tensor:
+    """Reconstruct one volume: masked k-space (S, C, H, W) complex64, mask (W,) bool ->
+    |x_K| (S, H, W) float32 in the input's intensity scale (not cropped).
+
+    ``steps``: another number of Euler steps (shared-weight FLAT models); ``sens``: user coil maps."""
+    was_training = model.training
+    model.eval()
+    try:
+        return reconstruct_trajectory(model, masked_kspace, mask, num_low_frequencies,
+                                      backend=backend, steps=steps, sens=sens)[-1].contiguous()
+    finally:
+        model.train(was_training)

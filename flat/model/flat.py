@@ -1,0 +1,180 @@
+"""The unrolled flow (SPEC §4): K forward-Euler steps of a conditional probability-flow ODE.
+
+    x_0 = Aᴴy,   x_{k+1} = flow_step(x_k, v_θ(x_k, t_k), y, S, M, dt=Δt_k, lam=1/σ²)
+                         = x_k + Δt_k·(v_θ(x_k, t_k) − Aᴴ(A x_k − y)/σ²)
+
+on the grid of :mod:`flat.flow.schedule` (Qi et al. 2025, "Unrolled networks are conditional
+probability flows in MRI reconstruction"). The DC weight Δt_k/σ² is derived, never learned.
+The vanilla baseline (``mode="vanilla"``) is the same network unrolled the classical way:
+x_{k+1} = x_k + v_θ(x_k) − η_k·Aᴴ(A x_k − y) with free learnable η_k and no time input, i.e. the
+same ``flow_step`` with dt = 1 and lam = η_k.
+
+The model works in normalised units: the k-space is divided by a robust per-sample scale (a high
+quantile of the zero-filled RSS image), so σ means the same on every data set and the network sees
+O(1) intensities; :class:`FlowOutput` maps back to the input's intensity scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flat.config import ModelConfig
+from flat.flow.schedule import steps_from_grid, time_grid
+from flat.model.sens import SensitivityModel, fixed_acs_sens
+from flat.model.unet import NormUnet
+
+
+@dataclass
+class FlowOutput:
+    """Every state of the trajectory.
+
+    images: K + 1 complex (B, H, W) states in normalised units (images[0] = Aᴴy, images[-1] = x_K);
+    times: (K + 1,) float64 grid (the vanilla baseline reports k/K for bookkeeping);
+    scale: (B,) factor from normalised to input units; sens: (B, C, H, W) maps used.
+    """
+
+    images: list
+    times: torch.Tensor
+    scale: torch.Tensor
+    sens: torch.Tensor
+
+    def magnitude(self, k: int = -1) -> torch.Tensor:
+        """|x_k| in the input's intensity scale, real (B, H, W)."""
+        x = self.images[k]
+        return x.abs() * self.scale.reshape(-1, 1, 1).to(x.real.dtype)
+
+    @property
+    def output(self) -> torch.Tensor:
+        return self.magnitude(-1)
+
+
+def canonical_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """Column mask (W,), (B, W) or (B|1, 1, 1, W), or 2-D (B|1, 1, H, W) -> float32 (B|1, 1, 1|H, W)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask: expected a tensor, got {type(mask).__name__}")
+    m = mask
+    if m.dim() == 1:
+        m = m.reshape(1, 1, 1, -1)
+    elif m.dim() == 2:
+        m = m.reshape(m.shape[0], 1, 1, m.shape[1])
+    ok = (m.dim() == 4 and m.shape[0] in (1, batch) and m.shape[1] == 1 and m.shape[2] in (1, height)
+          and m.shape[3] == width)
+    if not ok:
+        raise ValueError(f"mask: shape {tuple(mask.shape)} does not fit k-space (B, C, H, W) = "
+                         f"({batch}, ·, {height}, {width}); expected (W,), (B, W), (B, 1, 1, W) or (B, 1, H, W)")
+    return m.to(torch.float32)
+
+
+class FlatModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        flat = cfg.mode == "flat"
+        n_nets = 1 if cfg.shared_weights else cfg.cascades
+        self.nets = nn.ModuleList(
+            NormUnet(cfg.chans, cfg.pools, time_dim=cfg.time_dim if flat else 0, cond=cfg.cond_x0)
+            for _ in range(n_nets)
+        )
+        # vanilla: free DC weights η_k (E2E-VarNet's dc_weight), one per cascade
+        self.dc_weight = None if flat else nn.Parameter(torch.full((cfg.cascades,), float(cfg.vanilla_dc_init)))
+        self.sens_net = SensitivityModel(cfg.sens_chans, cfg.sens_pools) if cfg.sens == "learned" else None
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def grid(self, steps: int | None = None) -> torch.Tensor:
+        K = steps or self.cfg.cascades
+        if self.cfg.mode == "vanilla":
+            return torch.arange(K + 1, dtype=torch.float64) / K
+        return time_grid(K, self.cfg.schedule, self.cfg.alpha)
+
+    def normalisation_scale(self, masked_kspace: torch.Tensor) -> torch.Tensor:
+        """(B,) robust scale: the ``scale_quantile`` quantile of the zero-filled RSS image."""
+        import flat.ops as fo
+
+        B = masked_kspace.shape[0]
+        zf = fo.rss(fo.ifft2c(masked_kspace), dim=1).reshape(B, -1).float()  # (B, H·W)
+        s = torch.quantile(zf, self.cfg.scale_quantile, dim=1)
+        return s.clamp_min(torch.finfo(torch.float32).tiny).detach()
+
+    def estimate_sens(self, masked_kspace, num_low_frequencies, sens=None) -> torch.Tensor:
+        if sens is not None:
+            if sens.shape != masked_kspace.shape:
+                raise ValueError(f"sens: shape {tuple(sens.shape)} != k-space shape {tuple(masked_kspace.shape)}")
+            return sens.to(masked_kspace.dtype)
+        if self.cfg.sens == "given":
+            raise ValueError("sens: this model was configured with model.sens=given; pass sens maps")
+        if self.sens_net is not None:
+            return self.sens_net(masked_kspace, num_low_frequencies)
+        return fixed_acs_sens(masked_kspace, num_low_frequencies)
+
+    def target_image(self, kspace: torch.Tensor, out: FlowOutput) -> torch.Tensor:
+        """x_gt = Σ_c conj(S_c)·ifft2c(k_c) of fully sampled k-space, in the output's normalised units."""
+        import flat.ops as fo
+
+        k = kspace / out.scale.reshape(-1, 1, 1, 1).to(kspace.real.dtype)
+        return fo.sens_reduce(k.to(out.sens.dtype), out.sens)
+
+    # -- the flow -------------------------------------------------------------------------------
+    def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies,
+                *, sens: torch.Tensor | None = None, steps: int | None = None,
+                backend: str | None = None) -> FlowOutput:
+        """masked_kspace (B, C, H, W) complex64; mask (W,), (B, W) or (B, 1, 1|H, W);
+        num_low_frequencies int or (B,); ``steps`` another K (shared-weight flat models only)."""
+        import flat.ops as fo
+
+        if not isinstance(masked_kspace, torch.Tensor) or not masked_kspace.is_complex() or masked_kspace.dim() != 4:
+            raise ValueError(f"masked_kspace: expected a complex (B, C, H, W) tensor, got "
+                             f"{getattr(masked_kspace, 'dtype', type(masked_kspace))} "
+                             f"{tuple(getattr(masked_kspace, 'shape', ()))}")
+        cfg = self.cfg
+        K = cfg.cascades if steps is None else int(steps)
+        if K != cfg.cascades and not (cfg.shared_weights and cfg.mode == "flat"):
+            raise ValueError(f"steps: only a shared-weight FLAT model runs a different number of steps "
+                             f"than it was built with ({cfg.cascades}); got steps={steps}")
+        if K < 1:
+            raise ValueError(f"steps: must be >= 1, got {steps}")
+        B, C, H, W = masked_kspace.shape
+        mask = canonical_mask(mask, B, H, W).to(masked_kspace.device)
+        y = masked_kspace.to(torch.complex64)
+        scale = self.normalisation_scale(y)
+        y = y / scale.reshape(-1, 1, 1, 1)  # normalised units
+        if sens is not None:
+            sens = sens.to(y.device)
+        S = self.estimate_sens(y, num_low_frequencies, sens).to(torch.complex64)
+        t = self.grid(K)
+        dts = steps_from_grid(t) if cfg.mode == "flat" else torch.ones(K, dtype=torch.float64)
+        lam = 1.0 / cfg.noise_scale() ** 2
+        if cfg.mode == "flat" and max(cfg.dc_weights(K)) >= 2.0:
+            raise ValueError(f"steps: {K} steps give a per-step DC weight Δt·λ = "
+                             f"{max(cfg.dc_weights(K)):.3g} >= 2 (unstable explicit Euler); use more steps")
+        dev_type = y.device.type
+        gain = cfg.gain()
+
+        ahy = fo.sense_adjoint(y, S, mask)  # x_0 = Aᴴy, computed once
+        x = ahy
+        k_state = y
+        images = [x]
+        for k in range(K):
+            net = self.nets[0 if cfg.shared_weights else k]
+            tk = torch.full((B,), float(t[k]), device=y.device) if cfg.mode == "flat" else None
+            v = net(x, tk, ahy) if cfg.cond_x0 else net(x, tk)
+            if gain != 1.0:
+                v = v * gain  # fixed parametrisation constant (ModelConfig.velocity_gain)
+            # the DC step stays in complex64 even under autocast (SPEC §4 / issue 6)
+            with torch.autocast(dev_type, enabled=False):
+                v = v.to(torch.complex64)
+                dt_k = float(dts[k])
+                lam_k = lam if cfg.mode == "flat" else self.dc_weight[k].float()
+                if cfg.state == "image":
+                    x = fo.flow_step(x, v, y, S, mask, dt_k, lam_k, ahy=ahy, backend=backend)
+                else:  # multicoil k-space state, E2E-VarNet form
+                    k_state = fo.kspace_flow_step(k_state, v, y, S, mask, dt_k, lam_k)
+                    x = fo.sens_reduce(k_state, S)
+            images.append(x)
+        return FlowOutput(images=images, times=t, scale=scale, sens=S)
+
+
+def build_model(cfg: ModelConfig) -> FlatModel:
+    return FlatModel(cfg)

@@ -1,0 +1,219 @@
+"""Training (issue 6): one-batch overfit, exact resume after a kill, DDP on 2 CPU processes, the CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flat.config import apply_overrides, get_preset
+from flat.inference import load_model, read_checkpoint
+from flat.train import MODEL_FILE, STATE_FILE, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HEADER = """<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
+<encodedSpace><matrixSize><x>{H}</x><y>{W}</y><z>1</z></matrixSize></encodedSpace>
+<reconSpace><matrixSize><x>{H}</x><y>{W}</y><z>1</z></matrixSize></reconSpace>
+<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>{wm1}</maximum><center>{c}</center>
+</kspace_encoding_step_1></encodingLimits></encoding></ismrmrdHeader>"""
+
+
+def make_tiny_fastmri(out_dir, n_vols=2, slices=2, coils=4, H=32, W=32, seed=0, prefix="vol"):
+    """Tiny fastMRI-format multicoil files (ellipse phantoms, smooth coils, noise) for fast tests."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[-1:1:H * 1j, -1:1:W * 1j]
+    paths = []
+    for v in range(n_vols):
+        ks, tg = [], []
+        for _ in range(slices):
+            img = np.zeros((H, W))
+            for _ in range(4):
+                cy, cx = rng.uniform(-0.4, 0.4, 2)
+                ay, ax = rng.uniform(0.15, 0.5, 2)
+                img += rng.uniform(0.3, 1) * (((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1)
+            img = img * np.exp(1j * (yy * rng.uniform(-1, 1) + xx * rng.uniform(-1, 1)))
+            ang = 2 * np.pi * np.arange(coils)[:, None, None] / coils
+            sens = np.exp(-((yy - 0.8 * np.sin(ang)) ** 2 + (xx - 0.8 * np.cos(ang)) ** 2)) * np.exp(1j * ang)
+            sens /= np.sqrt((np.abs(sens) ** 2).sum(0))
+            noise = rng.standard_normal((coils, H, W)) + 1j * rng.standard_normal((coils, H, W))
+            coil_img = 1e-3 * (sens * img + 0.01 * noise)
+            k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(coil_img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+            ks.append(k.astype(np.complex64))
+            tg.append(np.sqrt((np.abs(coil_img) ** 2).sum(0)).astype(np.float32))
+        p = out / f"{prefix}{v:02d}.h5"
+        with h5py.File(p, "w") as f:
+            f["kspace"] = np.stack(ks)
+            f["reconstruction_rss"] = np.stack(tg)
+            f["ismrmrd_header"] = HEADER.format(H=H, W=W, wm1=W - 1, c=W // 2)
+            f.attrs["max"] = float(np.stack(tg).max())
+            f.attrs["norm"] = float(np.linalg.norm(np.stack(tg)))
+            f.attrs["acquisition"] = "AXT1"
+            f.attrs["patient_id"] = f"p{v}"
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tinydata")
+    make_tiny_fastmri(root / "train", n_vols=2, slices=2, seed=0)
+    make_tiny_fastmri(root / "val", n_vols=1, slices=2, seed=1, prefix="val")
+    make_tiny_fastmri(root / "test", n_vols=1, slices=2, seed=2, prefix="test")
+    return root
+
+
+def _cfg(*overrides):
+    return apply_overrides(get_preset("tiny"), ["train.threads=1", *overrides])
+
+
+def test_one_batch_overfit(tiny_data, tmp_path):
+    """A single slice, seen over and over, must be fitted far better than at the start."""
+    cfg = _cfg("data.max_slices=1", "data.augment=false", "train.epochs=60", "train.lr=3e-3",
+               "train.val_every=1000", "train.checkpoint_every=1000", "train.log_every=1000")
+    from flat.model import FlatModel
+    from flat.train import TrainSlices, collate
+    from flat.flow.loss import flat_loss
+
+    def loss_of(model):
+        data = TrainSlices(tiny_data / "train", cfg.data, cfg.train.seed)
+        data.set_epoch(0)
+        b = collate([data[0]])
+        with torch.no_grad():
+            o = model(b["masked_kspace"], b["mask"], b["num_low_frequencies"])
+            loss, _ = flat_loss(o.images, o.times, o.scale, b["target"], b["max_value"],
+                                model.target_image(b["kspace"], o), velocity_weight=1.0)
+        return loss.item()
+
+    torch.manual_seed(cfg.train.seed)
+    before = loss_of(FlatModel(cfg.model))
+    r = train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "run", progress=False, echo=False)
+    after = loss_of(r["model"])
+    assert r["global_step"] == 60
+    assert after < 0.5 * before, f"loss {before:.4f} -> {after:.4f}"
+
+
+def test_resume_equals_uninterrupted(tiny_data, tmp_path):
+    cfg = _cfg("train.epochs=2", "train.checkpoint_every=2")  # 4 steps/epoch, checkpoints at 2, 4, 6
+    a = train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "a", progress=False, echo=False)
+    # kill after 3 steps (the step-3 update is lost), resume; kill again mid second epoch, resume
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "b", progress=False, echo=False,
+              _stop_after_steps=3)
+    assert read_checkpoint(tmp_path / "b" / STATE_FILE)["global_step"] == 2
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "b", progress=False, echo=False,
+              _stop_after_steps=3)
+    assert read_checkpoint(tmp_path / "b" / STATE_FILE)["global_step"] == 4
+    b = train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "b", progress=False, echo=False)
+    assert a["global_step"] == b["global_step"] == 8
+    sa, sb = a["model"].state_dict(), b["model"].state_dict()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"parameter {k} differs after resume"
+    oa = read_checkpoint(tmp_path / "a" / STATE_FILE)["optimizer"]["state"]
+    ob = read_checkpoint(tmp_path / "b" / STATE_FILE)["optimizer"]["state"]
+    for i in oa:
+        assert torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"])
+    # validation of the final model is identical too
+    assert a["history"][-1]["PSNR"] == b["history"][-1]["PSNR"]
+    # a finished run resumed again does nothing more
+    c = train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "b", progress=False, echo=False)
+    assert c["global_step"] == 8
+    # a different config in the same --out is refused
+    with pytest.raises(ValueError, match="different config"):
+        train(_cfg("train.lr=0.5"), tiny_data / "train", tiny_data / "val", tmp_path / "b",
+              progress=False, echo=False)
+
+
+def test_checkpoint_contents_are_safe_and_complete(tiny_data, tmp_path):
+    cfg = _cfg("train.epochs=1", "model.mode=vanilla")
+    train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "r", progress=False, echo=False)
+    ck = torch.load(tmp_path / "r" / MODEL_FILE, weights_only=True)  # plain data only
+    assert ck["kind"] == "flat-model" and ck["config"] == cfg.to_dict()
+    model = load_model(tmp_path / "r" / MODEL_FILE)
+    assert model.cfg.mode == "vanilla"
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines[-1]["psnr_per_cascade"]) == cfg.model.cascades + 1
+    assert all(np.isfinite([lines[-1][k] for k in ("PSNR", "SSIM", "NMSE")]))
+    assert (tmp_path / "r" / "train.log").read_text().count("val epoch") >= 1
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("FLAT_BACKEND", None)
+    return env
+
+
+def test_cli_train(tiny_data, tmp_path):
+    cfgfile = tmp_path / "cfg.json"
+    cfgfile.write_text(json.dumps({"model": {"cascades": 2}, "train": {"epochs": 1}}))
+    cmd = [sys.executable, "-m", "flat", "train", "--train", str(tiny_data / "train"), "--val",
+           str(tiny_data / "val"), "--out", str(tmp_path / "cli"), "--preset", "tiny", "--config",
+           str(cfgfile), "--set", "model.chans=3", "--set", "train.threads=1", "--no-progress"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    model = load_model(tmp_path / "cli" / MODEL_FILE)
+    assert model.cfg.cascades == 2 and model.cfg.chans == 3
+
+
+def test_cli_errors_are_one_line(tiny_data, tmp_path, capsys):
+    from flat.cli import main
+
+    args = ["train", "--train", str(tiny_data / "train"), "--val", str(tiny_data / "val"),
+            "--out", str(tmp_path / "o"), "--preset", "tiny"]
+    for extra, word in ((["--set", "model.sigma=-1"], "model.sigma"), (["--set", "model.nope=1"], "model.nope"),
+                        (["--set", "cascades=3"], "section.key=value"), (["--preset", "huge"], "preset"),
+                        (["--config", str(tmp_path / "none.json")], "--config")):
+        assert main(args + extra) == 1
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and word in err, err
+    assert main(["train", "--train", str(tmp_path / "nowhere"), "--val", str(tiny_data / "val"),
+                 "--out", str(tmp_path / "o2"), "--preset", "tiny"]) == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(tiny_data, tmp_path):
+    """torchrun --nproc_per_node 2 -m flat train: gloo on the CPU, both ranks end with equal weights."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "flat", "train",
+           "--train", str(tiny_data / "train"), "--val", str(tiny_data / "val"), "--out", str(tmp_path / "ddp"),
+           "--preset", "tiny", "--set", "train.epochs=2", "--set", "train.threads=1", "--no-progress"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    log = (tmp_path / "ddp" / "train.log").read_text()
+    assert "2 process(es)" in log and "all 2 ranks agree" in log
+    ck = read_checkpoint(tmp_path / "ddp" / STATE_FILE)
+    assert ck["global_step"] == 4  # 4 slices / (2 ranks x batch 1) = 2 steps per epoch, 2 epochs
+    load_model(tmp_path / "ddp" / MODEL_FILE)
+
+
+def test_lr_schedule_is_a_pure_function():
+    from flat.train import lr_factor
+
+    tc = get_preset("tiny").train
+    tc = type(tc)(**{**tc.__dict__, "warmup_steps": 4, "lr_schedule": "cosine"})
+    f = [lr_factor(tc, s, 100) for s in range(100)]
+    assert f[0] == pytest.approx(0.25) and f[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[4:], f[5:])) and f[-1] < 0.05
+    # with a wall-clock cap the decay follows the clock when it is further along than the steps
+    capped = type(tc)(**{**tc.__dict__, "time_limit_s": 10.0})
+    assert lr_factor(capped, 10, 100, elapsed_s=10.0) == pytest.approx(0.02)
+    assert lr_factor(capped, 10, 100, elapsed_s=0.0) == lr_factor(tc, 10, 100)
