@@ -52,14 +52,16 @@ def _generic_backward(g, x, v, y, ahy, sens, mask, ce, has_x, need_x, need_s, ne
 
 
 def _coefs(dt, lam, B, like):
+    """Per-sample (B,) dt, lam and their product e = dt·lam in the real dtype of ``like``."""
     rd = cm.real_dtype(like)
     cd = cm.per_batch(dt, B, rd, like.device)
-    return cd, cd * cm.per_batch(lam, B, rd, like.device)
+    lamb = cm.per_batch(lam, B, rd, like.device)
+    return cd, lamb, cd * lamb
 
 
 # ---------------------------------------------------------------- forward ops
 def flow_step(image, velocity, kspace, sens, mask, dt, lam, ahy):
-    cd, ce = _coefs(dt, lam, image.shape[0], image)
+    cd, _, ce = _coefs(dt, lam, image.shape[0], image)
     return _generic_forward(image, velocity, kspace if ahy is None else None, ahy, sens, mask, cd, ce, True)
 
 
@@ -88,7 +90,7 @@ def sense_adjoint(kspace, sens, mask):
 
 
 def kspace_flow_step(kstate, image_update, kspace, sens, mask, dt, lam):
-    cd, ce = _coefs(dt, lam, kstate.shape[0], kstate)
+    cd, _, ce = _coefs(dt, lam, kstate.shape[0], kstate)
     T = fe.expand_fft(image_update.unsqueeze(0), sens)[0]
     return fe.kspace_out(T, kstate, kspace, mask, cd, ce, has_k=True, mask_t=False)
 
@@ -106,10 +108,7 @@ def flow_step_backward(g, inputs, needs):
     image, velocity, kspace, sens, mask, dt, lam, ahy = inputs
     g = g.contiguous()
     B = image.shape[0]
-    rd = cm.real_dtype(image)
-    cd = cm.per_batch(dt, B, rd, image.device)
-    lamb = cm.per_batch(lam, B, rd, image.device)
-    ce = cd * lamb
+    cd, lamb, ce = _coefs(dt, lam, B, image)
     need_r = bool(needs[5] or needs[6])
     y = kspace if ahy is None else None
     gx, gs, part, gy = _generic_backward(
@@ -175,10 +174,7 @@ def kspace_flow_step_backward(g, inputs, needs):
     kstate, image_update, kspace, sens, mask, dt, lam = inputs
     g = g.contiguous()
     B = kstate.shape[0]
-    rd = cm.real_dtype(kstate)
-    cd = cm.per_batch(dt, B, rd, g.device)
-    lamb = cm.per_batch(lam, B, rd, g.device)
-    ce = cd * lamb
+    cd, lamb, ce = _coefs(dt, lam, B, kstate)
     need_r = bool(needs[5] or needs[6])
     gk = gy = gz = gs = gdt = glam = None
     if needs[0] or needs[2] or need_r:
