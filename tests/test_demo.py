@@ -5,7 +5,7 @@ import pytest
 
 from flat.demo import format_table, run_demo
 from flat.inference import load_model
-from tests.test_train import make_tiny_fastmri
+from tests.fastmri_files import make_tiny_fastmri
 
 
 @pytest.fixture(scope="module")

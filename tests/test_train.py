@@ -12,55 +12,9 @@ import torch
 from flat.config import apply_overrides, get_preset
 from flat.inference import load_model, read_checkpoint
 from flat.train import MODEL_FILE, STATE_FILE, train
+from tests.fastmri_files import make_tiny_fastmri
 
 ROOT = Path(__file__).resolve().parents[1]
-
-HEADER = """<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
-<encodedSpace><matrixSize><x>{H}</x><y>{W}</y><z>1</z></matrixSize></encodedSpace>
-<reconSpace><matrixSize><x>{H}</x><y>{W}</y><z>1</z></matrixSize></reconSpace>
-<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>{wm1}</maximum><center>{c}</center>
-</kspace_encoding_step_1></encodingLimits></encoding></ismrmrdHeader>"""
-
-
-def make_tiny_fastmri(out_dir, n_vols=2, slices=2, coils=4, H=32, W=32, seed=0, prefix="vol"):
-    """Tiny fastMRI-format multicoil files (ellipse phantoms, smooth coils, noise) for fast tests."""
-    import h5py
-
-    rng = np.random.default_rng(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[-1:1:H * 1j, -1:1:W * 1j]
-    paths = []
-    for v in range(n_vols):
-        ks, tg = [], []
-        for _ in range(slices):
-            img = np.zeros((H, W))
-            for _ in range(4):
-                cy, cx = rng.uniform(-0.4, 0.4, 2)
-                ay, ax = rng.uniform(0.15, 0.5, 2)
-                img += rng.uniform(0.3, 1) * (((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1)
-            img = img * np.exp(1j * (yy * rng.uniform(-1, 1) + xx * rng.uniform(-1, 1)))
-            ang = 2 * np.pi * np.arange(coils)[:, None, None] / coils
-            sens = np.exp(-((yy - 0.8 * np.sin(ang)) ** 2 + (xx - 0.8 * np.cos(ang)) ** 2)) * np.exp(1j * ang)
-            sens /= np.sqrt((np.abs(sens) ** 2).sum(0))
-            noise = rng.standard_normal((coils, H, W)) + 1j * rng.standard_normal((coils, H, W))
-            coil_img = 1e-3 * (sens * img + 0.01 * noise)
-            k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(coil_img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-            ks.append(k.astype(np.complex64))
-            tg.append(np.sqrt((np.abs(coil_img) ** 2).sum(0)).astype(np.float32))
-        p = out / f"{prefix}{v:02d}.h5"
-        with h5py.File(p, "w") as f:
-            f["kspace"] = np.stack(ks)
-            f["reconstruction_rss"] = np.stack(tg)
-            f["ismrmrd_header"] = HEADER.format(H=H, W=W, wm1=W - 1, c=W // 2)
-            f.attrs["max"] = float(np.stack(tg).max())
-            f.attrs["norm"] = float(np.linalg.norm(np.stack(tg)))
-            f.attrs["acquisition"] = "AXT1"
-            f.attrs["patient_id"] = f"p{v}"
-        paths.append(p)
-    return paths
-
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
