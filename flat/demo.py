@@ -66,7 +66,6 @@ def evaluate_methods(test_files, models: dict, data_cfg, *, backend=None, progre
     "example": {...}}`` with metrics averaged over volumes (fastMRI's per-volume metrics).
     """
     import numpy as np
-    import torch
 
     from flat.data.fastmri import read_volume
     from flat.data.masks import create_mask_for_mask_type
@@ -138,7 +137,7 @@ def format_table(res: dict) -> str:
         lines.append(f"{name:<18}{m['PSNR']:>10.2f}{m['SSIM']:>9.4f}{m['NMSE']:>9.4f}{m['seconds']:>10.2f}")
     for name, c in res["cascade"].items():
         lines.append(f"PSNR per cascade, {name}: " + " ".join(f"{p:.2f}" for p in c))
-    lines.append(f"training: " + ", ".join(f"{n} {s:.0f} s ({k} steps)" for n, (s, k) in res["train"].items()))
+    lines.append("training: " + ", ".join(f"{n} {s:.0f} s ({k} steps)" for n, (s, k) in res["train"].items()))
     return "\n".join(lines)
 
 

@@ -60,7 +60,8 @@ def volumes(n: int, large: bool) -> dict:
         ell = (0.9, 0.95)
         return {
             "camera": [_square(_gray(data.camera()), n, support=ell)],
-            "cells": [_square(_gray(im), n, support=ell) for im in (data.cell(), data.immunohistochemistry())],
+            "cells": [_square(_gray(im), n, support=ell)
+                      for im in (data.cell(), data.immunohistochemistry())],
             "phantom": [_square(_gray(data.shepp_logan_phantom()), n, support=ell)],
             "moon": [_square(_gray(im), n, support=ell) for im in (data.moon(), data.coins())],
         }
@@ -70,7 +71,8 @@ def volumes(n: int, large: bool) -> dict:
         "phantom": [_square(_gray(data.shepp_logan_phantom()), n, z, r) for z, r in
                     ((1, 0), (0.9, 10), (0.8, -15), (1.05, 30))],
         "camera": [_square(np.roll(cam, s, axis=1), n, support=ell) for s in (0, 40, 80, 120)],
-        "retina": [_square(_gray(data.retina()), n, z, r) for z, r in ((1, 0), (1.2, 20), (1.4, 45), (1.1, -30))],
+        "retina": [_square(_gray(data.retina()), n, z, r)
+                   for z, r in ((1, 0), (1.2, 20), (1.4, 45), (1.1, -30))],
         "cells": [_square(_gray(im), n, support=ell) for im in
                   (data.cell(), data.cell()[::-1], data.immunohistochemistry(), data.microaneurysms())],
         "textures": [_square(_gray(im), n, support=ell) for im in

@@ -53,7 +53,11 @@ def test_dc_weight_derived_from_sigma():
         assert cfg.dc_weights() == pytest.approx([1.5] * K)
     # σ is fixed by the training K: a shared-weight model run with more steps takes smaller DC steps
     assert ModelConfig(cascades=6).dc_weights(12) == pytest.approx([0.75] * 12)
-    assert get_preset("demo").model.dc_weights() == pytest.approx([1.5] * 6)
+    # the demo's α = 0.2 grid: Δt_k·λ with λ = 1/σ² = 6·1.5, mean 1.5, largest first
+    demo = get_preset("demo").model
+    w = demo.dc_weights()
+    assert sum(w) / 6 == pytest.approx(1.5)
+    assert w[0] == pytest.approx(9 * (1 - (5 / 6) ** 1.2)) and w == sorted(w, reverse=True)
 
 
 def test_sigma_validated():
