@@ -141,3 +141,13 @@ def run_cli(argv, monkeypatch=None):
     else:
         cli.COMMANDS = cmds
     return cli.main([str(a) for a in argv])
+
+
+def make_tiny_splits(root, seed=0, test_vols=1):
+    """``root/{train,val,test}`` of :func:`make_tiny_fastmri` files (2, 1 and ``test_vols`` volumes of
+    2 slices), seeded ``seed``, ``seed + 1`` and ``seed + 2``; returns ``root``."""
+    root = Path(root)
+    make_tiny_fastmri(root / "train", n_vols=2, slices=2, seed=seed)
+    make_tiny_fastmri(root / "val", n_vols=1, slices=2, seed=seed + 1, prefix="val")
+    make_tiny_fastmri(root / "test", n_vols=test_vols, slices=2, seed=seed + 2, prefix="test")
+    return root

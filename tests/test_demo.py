@@ -5,16 +5,12 @@ import pytest
 
 from flat.demo import format_table, run_demo
 from flat.inference import load_model
-from tests.fastmri_files import make_tiny_fastmri
+from tests.fastmri_files import make_tiny_splits
 
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demodata")
-    make_tiny_fastmri(root / "train", n_vols=2, slices=2, seed=10)
-    make_tiny_fastmri(root / "val", n_vols=1, slices=2, seed=11, prefix="val")
-    make_tiny_fastmri(root / "test", n_vols=2, slices=2, seed=12, prefix="test")
-    return root
+    return make_tiny_splits(tmp_path_factory.mktemp("demodata"), seed=10, test_vols=2)
 
 
 def test_demo_smoke(demo_data, tmp_path):

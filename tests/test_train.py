@@ -12,17 +12,14 @@ import torch
 from flat.config import apply_overrides, get_preset
 from flat.inference import load_model, read_checkpoint
 from flat.train import MODEL_FILE, STATE_FILE, train
-from tests.fastmri_files import make_tiny_fastmri
+from tests.fastmri_files import make_tiny_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tinydata")
-    make_tiny_fastmri(root / "train", n_vols=2, slices=2, seed=0)
-    make_tiny_fastmri(root / "val", n_vols=1, slices=2, seed=1, prefix="val")
-    make_tiny_fastmri(root / "test", n_vols=1, slices=2, seed=2, prefix="test")
-    return root
+    return make_tiny_splits(tmp_path_factory.mktemp("tinydata"), seed=0)
 
 
 def _cfg(*overrides):
