@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 MODES = ("flat", "vanilla")
 SENS_MODES = ("acs", "learned", "given")
 STATES = ("image", "kspace")
+UNETS = ("flat", "fastmri")
 SCHEDULES = ("power", "uniform")
 LR_SCHEDULES = ("cosine", "constant")
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction")
@@ -74,6 +75,14 @@ class ModelConfig:
     sens_pools: int = 3
     vanilla_dc_init: float = 1.0  # initial free DC weight η_k of the vanilla baseline
     scale_quantile: float = 0.99  # input normalisation: this quantile of the zero-filled RSS image
+    # "flat": FLAT's U-Net (the default; every existing checkpoint). "fastmri": E2E-VarNet's U-Net,
+    # sensitivity net and read-out with fastMRI's parameter names, so VarNet weights load
+    # (flat.model.flat_from_varnet, docs/varnet.md); the network gives the step's image displacement
+    # as VarNet's cascades do: v_k = −U_k(x, t)/Δt_k (velocity_gain must stay 0, weights per cascade).
+    unet: str = "flat"
+    # explicit grid t_0 = 0 < … < t_K = 1 (K + 1 values) replacing schedule/alpha; () = use them.
+    # flat_from_varnet puts VarNet's DC weights here: Δt_k ∝ η_k.
+    time_grid: tuple = ()
 
     def gain(self) -> float:
         """g of v = g·U(x, t): ``velocity_gain`` if set, else K (flat) or 1 (vanilla)."""
@@ -89,13 +98,46 @@ class ModelConfig:
 
     def dc_weights(self, steps: int | None = None) -> list[float]:
         """Δt_k·λ for every step of the FLAT grid with ``steps`` steps (λ = 1/σ²)."""
-        from flat.flow.schedule import time_grid, steps_from_grid
+        from flat.flow.schedule import steps_from_grid
 
-        dts = steps_from_grid(time_grid(steps or self.cascades, self.schedule, self.alpha))
+        dts = steps_from_grid(self.grid(steps))
         return [float(d) / self.noise_scale() ** 2 for d in dts]
+
+    def grid(self, steps: int | None = None):
+        """The K + 1 times of the FLAT grid: ``time_grid`` if set, else ``schedule``/``alpha``."""
+        import torch
+
+        from flat.flow.schedule import time_grid
+
+        K = steps or self.cascades
+        if self.time_grid:
+            if K != len(self.time_grid) - 1:
+                raise ValueError(f"steps: model.time_grid has {len(self.time_grid) - 1} steps, got {K}")
+            return torch.tensor([float(t) for t in self.time_grid], dtype=torch.float64)
+        return time_grid(K, self.schedule, self.alpha)
 
     def validate(self) -> None:
         _choice("model.mode", self.mode, MODES)
+        _choice("model.unet", self.unet, UNETS)
+        if self.time_grid:
+            from flat.flow.schedule import steps_from_grid
+
+            if len(self.time_grid) != self.cascades + 1:
+                raise ValueError(f"model.time_grid: expected model.cascades + 1 = {self.cascades + 1} "
+                                 f"times, got {len(self.time_grid)}")
+            try:
+                steps_from_grid(self.grid())
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"model.time_grid: {exc}") from None
+        if self.unet == "fastmri":
+            if self.velocity_gain != 0:
+                raise ValueError("model.velocity_gain: must be 0 with model.unet=fastmri (its network "
+                                 "gives the step displacement, v = −U/Δt)")
+            if self.shared_weights:
+                raise ValueError("model.shared_weights: not available with model.unet=fastmri "
+                                 "(displacement form, per-cascade networks)")
+            if self.cond_x0:
+                raise ValueError("model.cond_x0: not available with model.unet=fastmri")
         _choice("model.schedule", self.schedule, SCHEDULES)
         _choice("model.state", self.state, STATES)
         _choice("model.sens", self.sens, SENS_MODES)

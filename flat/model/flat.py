@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from flat.config import ModelConfig
-from flat.flow.schedule import steps_from_grid, time_grid
+from flat.flow.schedule import steps_from_grid
 from flat.model.sens import SensitivityModel, fixed_acs_sens
 from flat.model.unet import NormUnet
+from flat.model.varnet import (VarNetNormUnet, VarNetSensitivityModel, column_mask, complex_kspace,
+                               resolve_num_low_frequencies)
 
 
 @dataclass
@@ -32,17 +34,24 @@ class FlowOutput:
 
     images: K + 1 complex (B, H, W) states in normalised units (images[0] = Aᴴy, images[-1] = x_K);
     times: (K + 1,) float64 grid (the vanilla baseline reports k/K for bookkeeping);
-    scale: (B,) factor from normalised to input units; sens: (B, C, H, W) maps used.
+    scale: (B,) factor from normalised to input units; sens: (B, C, H, W) maps used;
+    final: E2E-VarNet's read-out of the last state, the RSS of the coil images (B, H, W) in
+    normalised units (``model.unet=fastmri`` with ``model.state=kspace``; else None, and the
+    output is |x_K|).
     """
 
     images: list
     times: torch.Tensor
     scale: torch.Tensor
     sens: torch.Tensor
+    final: torch.Tensor | None = None
 
     def magnitude(self, k: int = -1) -> torch.Tensor:
-        """|x_k| in the input's intensity scale, real (B, H, W)."""
+        """|x_k| (the read-out ``final`` for the last state when set) in the input's intensity scale,
+        real (B, H, W)."""
         x = self.images[k]
+        if self.final is not None and k in (-1, len(self.images) - 1):
+            return self.final * self.scale.reshape(-1, 1, 1).to(self.final.dtype)
         return x.abs() * self.scale.reshape(-1, 1, 1).to(x.real.dtype)
 
     @property
@@ -51,10 +60,15 @@ class FlowOutput:
 
 
 def canonical_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
-    """Column mask (W,), (B, W) or (B|1, 1, 1, W), or 2-D (B|1, 1, H, W) -> float32 (B|1, 1, 1|H, W)."""
+    """Column mask (W,), (B, W) or (B|1, 1, 1, W), or 2-D (B|1, 1, H, W), or fastMRI's real-layout
+    masks (B|1, 1, 1|H, W, 1) and (1, 1, W, 1) -> float32 (B|1, 1, 1|H, W)."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask: expected a tensor, got {type(mask).__name__}")
     m = mask
+    if m.dim() == 5 and m.shape[-1] == 1:  # fastMRI's (B, 1, 1|H, W, 1)
+        m = m[..., 0]
+    elif m.dim() == 4 and m.shape[-1] == 1 and m.shape[-2] == width and width != 1:  # (1, 1, W, 1)
+        m = m.reshape(m.shape[0], 1, 1, width)
     if m.dim() == 1:
         m = m.reshape(1, 1, 1, -1)
     elif m.dim() == 2:
@@ -63,7 +77,7 @@ def canonical_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> t
           and m.shape[3] == width)
     if not ok:
         raise ValueError(f"mask: shape {tuple(mask.shape)} does not fit k-space (B, C, H, W) = "
-                         f"({batch}, ·, {height}, {width}); expected (W,), (B, W), (B, 1, 1, W) or (B, 1, H, W)")
+                         f"({batch}, ·, {height}, {width}); expected (W,), (B, W), (B, 1, 1, W), (B, 1, H, W) or (B, 1, 1, W, 1)")
     return m.to(torch.float32)
 
 
@@ -74,20 +88,26 @@ class FlatModel(nn.Module):
         self.cfg = cfg
         flat = cfg.mode == "flat"
         n_nets = 1 if cfg.shared_weights else cfg.cascades
-        self.nets = nn.ModuleList(
-            NormUnet(cfg.chans, cfg.pools, time_dim=cfg.time_dim if flat else 0, cond=cfg.cond_x0)
-            for _ in range(n_nets)
-        )
+        time_dim = cfg.time_dim if flat else 0
+        if cfg.unet == "fastmri":  # E2E-VarNet's networks and parameter names (flat/model/varnet.py)
+            self.nets = nn.ModuleList(VarNetNormUnet(cfg.chans, cfg.pools, time_dim) for _ in range(n_nets))
+        else:
+            self.nets = nn.ModuleList(
+                NormUnet(cfg.chans, cfg.pools, time_dim=time_dim, cond=cfg.cond_x0) for _ in range(n_nets)
+            )
         # vanilla: free DC weights η_k (E2E-VarNet's dc_weight), one per cascade
         self.dc_weight = None if flat else nn.Parameter(torch.full((cfg.cascades,), float(cfg.vanilla_dc_init)))
-        self.sens_net = SensitivityModel(cfg.sens_chans, cfg.sens_pools) if cfg.sens == "learned" else None
+        self.sens_net = None
+        if cfg.sens == "learned":
+            self.sens_net = (VarNetSensitivityModel(cfg.sens_chans, cfg.sens_pools) if cfg.unet == "fastmri"
+                             else SensitivityModel(cfg.sens_chans, cfg.sens_pools))
 
     # -- pieces ---------------------------------------------------------------------------------
     def grid(self, steps: int | None = None) -> torch.Tensor:
         K = steps or self.cfg.cascades
         if self.cfg.mode == "vanilla":
             return torch.arange(K + 1, dtype=torch.float64) / K
-        return time_grid(K, self.cfg.schedule, self.cfg.alpha)
+        return self.cfg.grid(K)
 
     def normalisation_scale(self, masked_kspace: torch.Tensor) -> torch.Tensor:
         """(B,) robust scale: the ``scale_quantile`` quantile of the zero-filled RSS image."""
@@ -120,14 +140,13 @@ class FlatModel(nn.Module):
     def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies,
                 *, sens: torch.Tensor | None = None, steps: int | None = None,
                 backend: str | None = None) -> FlowOutput:
-        """masked_kspace (B, C, H, W) complex64; mask (W,), (B, W) or (B, 1, 1|H, W);
-        num_low_frequencies int or (B,); ``steps`` another K (shared-weight flat models only)."""
+        """masked_kspace (B, C, H, W) complex64, or fastMRI's real layout (B, C, H, W, 2);
+        mask (W,), (B, W), (B, 1, 1|H, W) or fastMRI's (B, 1, 1, W, 1); num_low_frequencies int,
+        (B,), or None / 0 to infer it from the mask as fastMRI's VarNet does; ``steps`` another K
+        (shared-weight flat models only)."""
         import flat.ops as fo
 
-        if not isinstance(masked_kspace, torch.Tensor) or not masked_kspace.is_complex() or masked_kspace.dim() != 4:
-            raise ValueError(f"masked_kspace: expected a complex (B, C, H, W) tensor, got "
-                             f"{getattr(masked_kspace, 'dtype', type(masked_kspace))} "
-                             f"{tuple(getattr(masked_kspace, 'shape', ()))}")
+        masked_kspace, _ = complex_kspace(masked_kspace)
         cfg = self.cfg
         K = cfg.cascades if steps is None else int(steps)
         if K != cfg.cascades and not (cfg.shared_weights and cfg.mode == "flat"):
@@ -137,6 +156,7 @@ class FlatModel(nn.Module):
             raise ValueError(f"steps: must be >= 1, got {steps}")
         B, C, H, W = masked_kspace.shape
         mask = canonical_mask(mask, B, H, W).to(masked_kspace.device)
+        num_low_frequencies = resolve_num_low_frequencies(num_low_frequencies, column_mask(mask, B, W))
         y = masked_kspace.to(torch.complex64)
         scale = self.normalisation_scale(y)
         y = y / scale.reshape(-1, 1, 1, 1)  # normalised units
@@ -160,7 +180,9 @@ class FlatModel(nn.Module):
             net = self.nets[0 if cfg.shared_weights else k]
             tk = torch.full((B,), float(t[k]), device=y.device) if cfg.mode == "flat" else None
             v = net(x, tk, ahy) if cfg.cond_x0 else net(x, tk)
-            if gain != 1.0:
+            if cfg.unet == "fastmri":  # VarNet's convention: the network term is the step, subtracted
+                v = -v / float(dts[k])
+            elif gain != 1.0:
                 v = v * gain  # fixed parametrisation constant (ModelConfig.velocity_gain)
             # the DC step stays in complex64 even under autocast (SPEC §4 / issue 6)
             with torch.autocast(dev_type, enabled=False):
@@ -170,10 +192,13 @@ class FlatModel(nn.Module):
                 if cfg.state == "image":
                     x = fo.flow_step(x, v, y, S, mask, dt_k, lam_k, ahy=ahy, backend=backend)
                 else:  # multicoil k-space state, E2E-VarNet form
-                    k_state = fo.kspace_flow_step(k_state, v, y, S, mask, dt_k, lam_k)
-                    x = fo.sens_reduce(k_state, S)
+                    k_state = fo.kspace_flow_step(k_state, v, y, S, mask, dt_k, lam_k, backend=backend)
+                    x = fo.sens_reduce(k_state, S, backend=backend)
             images.append(x)
-        return FlowOutput(images=images, times=t, scale=scale, sens=S)
+        final = None
+        if cfg.unet == "fastmri" and cfg.state == "kspace":  # E2E-VarNet's read-out: RSS of coil images
+            final = fo.rss(fo.ifft2c(k_state, backend=backend), dim=1, backend=backend)
+        return FlowOutput(images=images, times=t, scale=scale, sens=S, final=final)
 
 
 def build_model(cfg: ModelConfig) -> FlatModel:
