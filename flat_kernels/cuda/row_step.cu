@@ -1,0 +1,393 @@
+// One-pass row kernel for the column-mask data-consistency step (CuPy backend, flat_kernels/cupy).
+//
+// For a mask that depends only on the column, M(kh, kw) = m[kw], the centered 2-D projection
+// reduces to a plain 1-D one along W on every image row (docs/row_kernel.md):
+//
+//     AᴴA z = Σ_c conj(S_c) ⊙ P(S_c ⊙ z),   P = F_Wᴴ diag(ifftshift(m)) F_W / W   (F_W unscaled)
+//
+// so one thread block owns one image row (b, h) and does the whole step for it:
+//
+//   load     xs = z[b,h,:], ms = ifftshift(m)/W (the 1/W of the inverse folded in), acc = 0
+//   per coil chunk (all coils if they fit in shared memory, else ceil-balanced chunks of Cg):
+//     load   Ss = S[b,c,h,:]                            (S is read from global memory once)
+//     u      = Ss ⊙ xs                                   (shared memory)
+//     FFT    forward along W, mixed radix, Stockham (natural order in and out, ping-pong buffers)
+//     FFT    inverse along W, the mask applied while its first stage loads
+//     acc   += Σ_c conj(Ss_c) ⊙ u_c                      (fixed coil order: deterministic)
+//   store    out = [has_x]·z + a_b·V − c_b·(acc − R0)   (one write of the row)
+//
+//     normal:          c = −1                       flow_step: has_x, a = dt, c = dt·lam, R0 = Aᴴy
+//     dc_gradient:     c = −1, R0 = Aᴴy              x-gradient of flow_step: z = g, has_x, c = dt·lam
+//
+// FFT: W = r_1·r_2·…, radices picked greedily by flat_row_next_radix (4, then 2, then the smallest
+// odd prime factor). 2 and 4 have explicit butterflies; odd primes 3…23 an unrolled butterfly that
+// uses the (j, P−j) symmetry; any larger prime factor (e.g. 101, or W = 367 itself) a direct DFT
+// stage, one output per thread, R complex multiply-adds each. All twiddles are powers of
+// ω = exp(−2πi/W), read from one table of W values computed per block with sincospi in double and
+// rounded once. Stockham stage (radix R, Ns = product of the radices done so far), per butterfly j:
+//     k = j mod Ns;  v_r = in[j + r·W/R]·ω_{Ns·R}^{±r·k};  v = DFT_R(v);  out[(j−k)·R + k + r·Ns] = v_r
+//
+// Launch: grid (rows, batches) with row/batch-stride loops (any grid is correct), blockDim.x ≤
+// FLAT_ROW_THREADS (any count is correct), dynamic shared memory
+//     (3·W + 3·Cg·W)·sizeof(complex) + W·sizeof(real)
+// laid out as tw[W], xs[W], acc[W], Ss[Cg·W], b0[Cg·W], b1[Cg·W], ms[W] (the runtime computes it,
+// flat_kernels/cupy/_engine.py: row_plan). Barriers are block-uniform (every loop bound below the
+// barriers depends only on kernel arguments), as __syncthreads requires.
+//
+// Layout and conventions as flat_kernels/cuda/dc_fused.cu: C-contiguous interleaved complex, images
+// (B,H,W), coil stacks (B,C,H,W), column masks (Bm,1,W) real with Bm in {1,B}; optional pointers
+// come with a has_* flag (V, R0) and are never dereferenced when it is 0.
+
+#ifndef FLAT_ROW_THREADS
+#define FLAT_ROW_THREADS 256
+#endif
+
+// The dynamic shared-memory buffer. The host test shim (tests/test_cuda_row.py) defines its own.
+#ifndef FLAT_ROW_SMEM
+#define FLAT_ROW_SMEM(p)                              \
+    extern __shared__ frow_c128 flat_row_smem_raw_[]; \
+    unsigned char* p = reinterpret_cast<unsigned char*>(flat_row_smem_raw_)
+#endif
+
+struct alignas(8) frow_c64 { float x, y; };
+struct alignas(16) frow_c128 { double x, y; };
+
+template <typename T> struct frow_complex;
+template <> struct frow_complex<float> { typedef frow_c64 type; };
+template <> struct frow_complex<double> { typedef frow_c128 type; };
+
+template <typename C>
+__device__ __forceinline__ C frow_add(C a, C b) { a.x += b.x; a.y += b.y; return a; }
+template <typename C>
+__device__ __forceinline__ C frow_sub(C a, C b) { a.x -= b.x; a.y -= b.y; return a; }
+template <typename C>
+__device__ __forceinline__ C frow_mul(C a, C b) {  // a·b
+    C z;
+    z.x = a.x * b.x - a.y * b.y;
+    z.y = a.x * b.y + a.y * b.x;
+    return z;
+}
+template <typename C>
+__device__ __forceinline__ C frow_cmul(C a, C b) {  // conj(a)·b
+    C z;
+    z.x = a.x * b.x + a.y * b.y;
+    z.y = a.x * b.y - a.y * b.x;
+    return z;
+}
+// i·a when s = +1, −i·a when s = −1
+template <typename C>
+__device__ __forceinline__ C frow_rot(C a, int s) {
+    C z;
+    z.x = s > 0 ? -a.y : a.y;
+    z.y = s > 0 ? a.x : -a.x;
+    return z;
+}
+
+// Twiddle ω^m (inverse: conj), ω = exp(−2πi/N), from the table.
+template <typename C>
+__device__ __forceinline__ C frow_tw(const C* tw, int m, int inverse) {
+    C w = tw[m];
+    if (inverse) w.y = -w.y;
+    return w;
+}
+
+// Radix of the next Stockham stage for the remaining length n > 1 (block-uniform).
+__device__ __forceinline__ int flat_row_next_radix(int n) {
+    if (n % 4 == 0) return 4;
+    if (n % 2 == 0) return 2;
+    for (int p = 3; p * p <= n; p += 2)
+        if (n % p == 0) return p;
+    return n;  // n is prime
+}
+
+// One input of a Stockham stage: in[idx], times the mask weight (first inverse stage only), times
+// the pre-twiddle ω^(m) (m = r·k·N/(Ns·R) < N).
+template <typename T, typename C>
+__device__ __forceinline__ C frow_stage_in(const C* in, const T* ms, int idx, const C* tw, int m, int inverse) {
+    C a = in[idx];
+    if (ms) {
+        const T w = ms[idx];
+        if (w == (T)0) {
+            a.x = (T)0;
+            a.y = (T)0;
+        } else {
+            a.x *= w;
+            a.y *= w;
+        }
+    }
+    if (m != 0) a = frow_mul(a, frow_tw(tw, m, inverse));
+    return a;
+}
+
+// Butterflies: DFT_R of v (forward: kernel ω_R^{+qr} with ω_R = exp(−2πi/R); inverse: conj),
+// outputs stored at out[base + r·Ns].
+template <typename T, typename C, int R>
+struct frow_bfly;
+
+template <typename T, typename C>
+struct frow_bfly<T, C, 2> {
+    __device__ __forceinline__ static void run(C (&v)[2], C* out, int base, int Ns, const C*, int, int) {
+        out[base] = frow_add(v[0], v[1]);
+        out[base + Ns] = frow_sub(v[0], v[1]);
+    }
+};
+
+template <typename T, typename C>
+struct frow_bfly<T, C, 4> {
+    __device__ __forceinline__ static void run(C (&v)[4], C* out, int base, int Ns, const C*, int, int inverse) {
+        const C a0 = frow_add(v[0], v[2]), a1 = frow_sub(v[0], v[2]);
+        const C a2 = frow_add(v[1], v[3]), a3 = frow_rot(frow_sub(v[1], v[3]), inverse ? 1 : -1);
+        out[base] = frow_add(a0, a2);
+        out[base + Ns] = frow_add(a1, a3);          // forward: a1 − i·(v1 − v3)
+        out[base + 2 * Ns] = frow_sub(a0, a2);
+        out[base + 3 * Ns] = frow_sub(a1, a3);
+    }
+};
+
+// Odd prime P: with s_j = v_j + v_{P−j}, d_j = v_j − v_{P−j} (j = 1…H, H = (P−1)/2),
+//   y_k = A_k + i·B_k,  y_{P−k} = A_k − i·B_k,  A_k = v_0 + Σ_j s_j cos(2πjk/P),  B_k = Σ_j d_j σ sin(2πjk/P)
+// (σ = −1 forward, +1 inverse): about half the multiplies of a plain P-point DFT, all indices
+// compile-time constants after unrolling, so v stays in registers.
+template <typename T, typename C, int P>
+struct frow_bfly {
+    __device__ __forceinline__ static void run(C (&v)[P], C* out, int base, int Ns, const C* tw, int N, int inverse) {
+        constexpr int H = (P - 1) / 2;
+        T cs[H + 1], sn[H + 1];
+        const int st = N / P;
+#pragma unroll
+        for (int m = 1; m <= H; ++m) {
+            const C w = tw[m * st];  // (cos, −sin)(2πm/P)
+            cs[m] = w.x;
+            sn[m] = inverse ? -w.y : w.y;
+        }
+        C y0 = v[0];
+#pragma unroll
+        for (int j = 1; j <= H; ++j) {
+            const C s = frow_add(v[j], v[P - j]);
+            const C d = frow_sub(v[j], v[P - j]);
+            v[j] = s;
+            v[P - j] = d;
+            y0 = frow_add(y0, s);
+        }
+        out[base] = y0;
+#pragma unroll
+        for (int k = 1; k <= H; ++k) {
+            C A = v[0], Bv;
+            Bv.x = (T)0;
+            Bv.y = (T)0;
+#pragma unroll
+            for (int j = 1; j <= H; ++j) {
+                const int q = (j * k) % P;
+                const T c = q <= H ? cs[q] : cs[P - q];
+                const T s = q <= H ? sn[q] : -sn[P - q];
+                A.x += c * v[j].x;
+                A.y += c * v[j].y;
+                Bv.x += s * v[P - j].x;
+                Bv.y += s * v[P - j].y;
+            }
+            out[base + k * Ns] = frow_add(A, frow_rot(Bv, 1));
+            out[base + (P - k) * Ns] = frow_sub(A, frow_rot(Bv, 1));
+        }
+    }
+};
+
+// Stage with an explicit butterfly: one thread per butterfly, nb rows of length N.
+template <typename T, int R>
+__device__ void frow_stage(const typename frow_complex<T>::type* src, typename frow_complex<T>::type* dst,
+                           const typename frow_complex<T>::type* tw, const T* ms, int N, int Ns, int nb,
+                           int inverse) {
+    typedef typename frow_complex<T>::type C;
+    const int L = N / R;
+    const int tstep = N / (Ns * R);
+    for (int e = (int)threadIdx.x; e < nb * L; e += (int)blockDim.x) {
+        const int row = e / L;
+        const int j = e - row * L;
+        const int k = j % Ns;
+        const C* in = src + row * N;
+        C v[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) v[r] = frow_stage_in(in, ms, j + r * L, tw, r * k * tstep, inverse);
+        frow_bfly<T, C, R>::run(v, dst + row * N, (j - k) * R + k, Ns, tw, N, inverse);
+    }
+}
+
+// Stage for any radix R (large prime factors): one thread per output,
+//   out[(j−k)·R + k + r·Ns] = Σ_q in[j + q·L]·ω^{q·(k + r·Ns)·N/(Ns·R)}
+// (pre-twiddle and DFT kernel in one table index, advanced modulo N).
+template <typename T>
+__device__ void frow_stage_any(const typename frow_complex<T>::type* src, typename frow_complex<T>::type* dst,
+                               const typename frow_complex<T>::type* tw, const T* ms, int N, int Ns, int R,
+                               int nb, int inverse) {
+    typedef typename frow_complex<T>::type C;
+    const int L = N / R;
+    const int tstep = N / (Ns * R);
+    for (int e = (int)threadIdx.x; e < nb * N; e += (int)blockDim.x) {
+        const int row = e / N;
+        const int rem = e - row * N;
+        const int r = rem / L;
+        const int j = rem - r * L;
+        const int k = j % Ns;
+        const int step = (k + r * Ns) * tstep;  // < N
+        const C* in = src + row * N;
+        C acc;
+        acc.x = (T)0;
+        acc.y = (T)0;
+        int t = 0;
+        for (int q = 0; q < R; ++q) {
+            C a = frow_stage_in(in, ms, j + q * L, tw, 0, inverse);
+            acc = frow_add(acc, frow_mul(a, frow_tw(tw, t, inverse)));
+            t += step;
+            if (t >= N) t -= N;
+        }
+        dst[row * N + (j - k) * R + k + r * Ns] = acc;
+    }
+}
+
+// Transform nb rows of length N held in *src (natural order) into natural order; on return *src
+// holds the result and *dst the scratch. ms (may be null): weights applied to the input.
+template <typename T>
+__device__ void frow_fft(typename frow_complex<T>::type** src, typename frow_complex<T>::type** dst,
+                         const typename frow_complex<T>::type* tw, const T* ms, int N, int nb, int inverse) {
+    typedef typename frow_complex<T>::type C;
+    if (N == 1) {  // the transform is the identity; the weights have no stage to ride on
+        if (ms)
+            for (int e = (int)threadIdx.x; e < nb; e += (int)blockDim.x) {
+                C a = (*src)[e];
+                a.x = ms[0] == (T)0 ? (T)0 : a.x * ms[0];
+                a.y = ms[0] == (T)0 ? (T)0 : a.y * ms[0];
+                (*src)[e] = a;
+            }
+        __syncthreads();
+        return;
+    }
+    int Ns = 1;
+    for (int rem = N; rem > 1;) {
+        const int R = flat_row_next_radix(rem);
+        switch (R) {
+            case 2: frow_stage<T, 2>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 3: frow_stage<T, 3>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 4: frow_stage<T, 4>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 5: frow_stage<T, 5>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 7: frow_stage<T, 7>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 11: frow_stage<T, 11>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 13: frow_stage<T, 13>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 17: frow_stage<T, 17>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 19: frow_stage<T, 19>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            case 23: frow_stage<T, 23>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
+            default: frow_stage_any<T>(*src, *dst, tw, ms, N, Ns, R, nb, inverse); break;
+        }
+        __syncthreads();
+        C* t = *src;
+        *src = *dst;
+        *dst = t;
+        ms = nullptr;
+        Ns *= R;
+        rem /= R;
+    }
+}
+
+template <typename T>
+__device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__ S,
+                              const typename frow_complex<T>::type* __restrict__ X,
+                              const typename frow_complex<T>::type* __restrict__ V,
+                              const typename frow_complex<T>::type* __restrict__ R0,
+                              const T* __restrict__ M,
+                              const T* __restrict__ a, int a_stride,
+                              const T* __restrict__ cc, int c_stride,
+                              typename frow_complex<T>::type* __restrict__ out,
+                              int has_x, int has_v, int has_r0, int B, int Cn, int H, int W, int Bm, int Cg,
+                              unsigned char* smem) {
+    typedef typename frow_complex<T>::type C;
+    C* tw = reinterpret_cast<C*>(smem);
+    C* xs = tw + W;
+    C* acc = xs + W;
+    C* Ss = acc + W;
+    C* b0 = Ss + (long long)Cg * W;
+    C* b1 = b0 + (long long)Cg * W;
+    T* ms = reinterpret_cast<T*>(b1 + (long long)Cg * W);
+    const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
+
+    for (int m = tid; m < W; m += nt) {  // ω^m, the angle reduced to (−π, π] before sincospi
+        int m2 = 2 * m;
+        if (m2 > W) m2 -= 2 * W;
+        double s, c;
+        sincospi((double)m2 / (double)W, &s, &c);
+        tw[m].x = (T)c;
+        tw[m].y = (T)(-s);
+    }
+    const T inv_w = (T)(1.0 / (double)W);
+    const int ish = W / 2;  // ifftshift read offset
+
+    for (int b = (int)blockIdx.y; b < B; b += (int)gridDim.y) {
+        const T ab = has_v ? a[b * a_stride] : (T)0;
+        const T cb = cc[b * c_stride];
+        const T* mrow = M + (long long)(Bm == 1 ? 0 : b) * W;
+        for (int h = (int)blockIdx.x; h < H; h += (int)gridDim.x) {
+            __syncthreads();  // the previous row is done with xs and ms
+            const long long xrow = ((long long)b * H + h) * W;
+            for (int w = tid; w < W; w += nt) {
+                xs[w] = X[xrow + w];
+                acc[w].x = (T)0;
+                acc[w].y = (T)0;
+                int ws = w + ish;
+                if (ws >= W) ws -= W;
+                const T m = mrow[ws];
+                ms[w] = m == (T)0 ? (T)0 : m * inv_w;
+            }
+            for (int c0 = 0; c0 < Cn; c0 += Cg) {
+                const int nb = Cn - c0 < Cg ? Cn - c0 : Cg;
+                __syncthreads();  // xs, ms, tw written; the previous chunk is done with Ss, b0, b1
+                for (int e = tid; e < nb * W; e += nt) {
+                    const int c = e / W;
+                    const int w = e - c * W;
+                    const C s = S[(((long long)b * Cn + c0 + c) * H + h) * W + w];
+                    Ss[e] = s;
+                    b0[e] = frow_mul(s, xs[w]);
+                }
+                __syncthreads();
+                C* src = b0;
+                C* dst = b1;
+                frow_fft<T>(&src, &dst, tw, (const T*)nullptr, W, nb, 0);
+                frow_fft<T>(&src, &dst, tw, ms, W, nb, 1);
+                for (int w = tid; w < W; w += nt) {  // thread-owned columns: no race on acc
+                    C t = acc[w];
+                    for (int c = 0; c < nb; ++c) t = frow_add(t, frow_cmul(Ss[c * W + w], src[c * W + w]));
+                    acc[w] = t;
+                }
+            }
+            for (int w = tid; w < W; w += nt) {
+                C r = acc[w];
+                if (has_r0) r = frow_sub(r, R0[xrow + w]);
+                C res = xs[w];
+                if (!has_x) {
+                    res.x = (T)0;
+                    res.y = (T)0;
+                }
+                if (has_v) {
+                    const C v = V[xrow + w];
+                    res.x += ab * v.x;
+                    res.y += ab * v.y;
+                }
+                res.x -= cb * r.x;
+                res.y -= cb * r.y;
+                out[xrow + w] = res;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- extern "C" instantiations
+#define FLAT_ROW_INSTANTIATE(SUF, T)                                                                   \
+    extern "C" __global__ void __launch_bounds__(FLAT_ROW_THREADS) flat_row_step_##SUF(               \
+        const frow_complex<T>::type* __restrict__ S, const frow_complex<T>::type* __restrict__ X,     \
+        const frow_complex<T>::type* __restrict__ V, const frow_complex<T>::type* __restrict__ R0,    \
+        const T* __restrict__ M, const T* __restrict__ a, int a_stride, const T* __restrict__ cc,     \
+        int c_stride, frow_complex<T>::type* __restrict__ out, int has_x, int has_v, int has_r0,      \
+        int B, int Cn, int H, int W, int Bm, int Cg) {                                                \
+        FLAT_ROW_SMEM(smem);                                                                          \
+        flat_row_step<T>(S, X, V, R0, M, a, a_stride, cc, c_stride, out, has_x, has_v, has_r0, B, Cn, \
+                         H, W, Bm, Cg, smem);                                                         \
+    }
+
+FLAT_ROW_INSTANTIATE(c64, float)
+FLAT_ROW_INSTANTIATE(c128, double)
