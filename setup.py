@@ -24,12 +24,16 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "triton": ["triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
-        "cupy": ["cupy-cuda12x[ctk]>=13"],  # [ctk]: the CUDA libraries cuFFT/NVRTC need
+        # Triton 3.6 is the oldest release the kernels are checked with (.ci/run; docs/gpu.md)
+        "triton": ["triton>=3.6; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        # pick the CuPy wheel of your CUDA major (docs/gpu.md): torch's own CUDA version,
+        # python3 -c "import torch; print(torch.version.cuda)"; [ctk]: the cuFFT/NVRTC libraries
+        "cupy": ["cupy-cuda12x[ctk]>=13"],  # CUDA 12.x
+        "cupy13": ["cupy-cuda13x[ctk]>=13.6"],  # CUDA 13.x (e.g. torch 2.11+cu130)
         "test": [
             "pytest>=7",
             "pytest-benchmark>=4",
-            "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+            "triton>=3.6; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },
     entry_points={"console_scripts": ["flat=flat.cli:main"]},
