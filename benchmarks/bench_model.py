@@ -17,7 +17,7 @@ model_mod = pytest.importorskip("flat.model", reason="flat.model (the FLAT model
 config_mod = pytest.importorskip("flat.config", reason="flat.config is not importable yet")
 loss_mod = pytest.importorskip("flat.flow.loss", reason="flat.flow.loss is not importable yet")
 inference_mod = pytest.importorskip("flat.inference", reason="flat.inference is not importable yet")
-from flat.backends import unavailable_reason  # noqa: E402
+from flat.ops.backends import unavailable_reason  # noqa: E402
 
 BACKENDS = ("reference", "triton", "cupy")
 

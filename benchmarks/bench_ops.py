@@ -6,7 +6,7 @@ Ops: ``flow_step`` (with Aᴴy precomputed, as the model calls it), ``normal`` a
 Variants
 --------
 reference  ``flat.ops.<op>(..., backend="reference")``: the public op, algebraic form (kernels.md §1)
-compile    ``torch.compile(flat._reference.<op>, fullgraph=True)``: the same math traced by
+compile    ``torch.compile(flat.ops.reference.<op>, fullgraph=True)``: the same math traced by
            Inductor (compiled once per case; compile time excluded, reported as ``compile_s``)
 literal    the fastMRI-style form on complex tensors: fftshift-based fft2c/ifft2c, the 2-D
            transform for every mask, Aᴴ(Ax − y) in one pass so Aᴴy is recomputed every step:
@@ -29,8 +29,8 @@ import torch
 import workloads as W
 
 fo = pytest.importorskip("flat.ops", reason="flat.ops is not importable")
-from flat import _reference as R  # noqa: E402
-from flat.backends import implemented_ops, unavailable_reason  # noqa: E402
+from flat.ops import reference as R  # noqa: E402
+from flat.ops.backends import implemented_ops, unavailable_reason  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     # Inductor falls back to eager kernels for complex ops; that fallback is what we measure.

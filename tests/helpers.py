@@ -53,3 +53,21 @@ def column_mask(B, W, frac=0.4, generator=None, dtype=torch.float64):
     m = (torch.rand(B, W, generator=generator) < frac)
     m[:, W // 2] = True
     return m.to(dtype)
+
+
+def call_public(spec, args, backend=None):
+    """Call ``flat.ops.<spec.name>`` with arguments in table order (None where a variant omits one):
+    positional for the op's required arguments, keywords for those with defaults (e.g. ``ahy``)."""
+    import flat.ops as fo
+
+    pos = [v for a, v in zip(spec.args, args) if not a.has_default]
+    kw = {a.name: v for a, v in zip(spec.args, args) if a.has_default}
+    return getattr(fo, spec.name)(*pos, **kw, backend=backend)
+
+
+def variant_label(spec, i):
+    """``flow_step`` for the first variant, ``flow_step[ahy]`` for the one that gives ``ahy``, ..."""
+    if i == 0:
+        return spec.name
+    given = [a.name for a in spec.args if a.optional and a.name not in spec.variants[i]]
+    return f"{spec.name}[{'+'.join(given)}]"

@@ -42,7 +42,9 @@ X, Y, S, M = c(B, H, W), c(B, C, H, W), c(B, C, H, W), torch.ones(W)
     (lambda: fo.flow_step(X, X, Y, S, M, "0.1", 1.0), TypeError, ["dt"]),
     # rss
     (lambda: fo.rss(Y, dim=4), ValueError, ["dim"]),
-    (lambda: fo.rss(torch.view_as_real(Y), dim=-1), ValueError, ["dim"]),
+    (lambda: fo.rss(torch.view_as_real(Y), dim=-1, real_layout=True), ValueError, ["dim"]),
+    (lambda: fo.rss(Y, real_layout=True), ValueError, ["real_layout"]),
+    (lambda: fo.fft2c(Y, norm="forward"), ValueError, ["norm", "ortho"]),
     # backends
     (lambda: fo.normal(X, S, M, backend="magic"), ValueError, ["backend", "magic"]),
 ])

@@ -32,8 +32,9 @@ import numpy as np
 import pytest
 import torch
 
-import flat._reference as ref
-from tests.helpers import RTOL, assert_rel_close, random_sens
+import flat.ops.reference as ref
+from flat.ops.table import OPS
+from tests.helpers import RTOL, assert_rel_close, random_sens, variant_label
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CU = ROOT / "flat_kernels" / "cuda" / "dc_fused.cu"
@@ -119,6 +120,9 @@ def _load_engine_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+ENGINE_CLASS = _load_engine_module().Engine
 
 
 @pytest.fixture(scope="module")
@@ -248,17 +252,19 @@ def _np(t):
     return None if t is None else t.contiguous().numpy()
 
 
+# short names of _inputs for the table's arguments
+SHORT = {"image": "x", "velocity": "v", "kspace": "y", "sens": "S", "mask": "mask", "dt": "dt", "lam": "lam",
+         "ahy": "ahy", "kstate": "k", "image_update": "x"}
+ENGINE_OPS = [spec for spec in OPS if hasattr(ENGINE_CLASS, spec.name)]  # what the CuPy engine implements
+BACKWARD_SPECS = [spec for spec in ENGINE_OPS if hasattr(ENGINE_CLASS, spec.name + "_backward")]
+BACKWARD_CASES = [variant_label(spec, i) for spec in BACKWARD_SPECS for i in range(len(spec.variants))]
+
+
 def _forward_calls(d):
+    """{label: canonical arguments in table order} for every op and variant the engine implements."""
     return {
-        "sens_expand": (d["x"], d["S"]),
-        "sens_reduce": (d["k"], d["S"]),
-        "sense_forward": (d["x"], d["S"], d["mask"]),
-        "sense_adjoint": (d["k"], d["S"], d["mask"]),
-        "normal": (d["x"], d["S"], d["mask"]),
-        "dc_gradient": (d["x"], d["y"], d["S"], d["mask"]),
-        "flow_step": (d["x"], d["v"], d["y"], d["S"], d["mask"], d["dt"], d["lam"], None),
-        "flow_step(ahy)": (d["x"], d["v"], None, d["S"], d["mask"], d["dt"], d["lam"], d["ahy"]),
-        "kspace_flow_step": (d["k"], d["x"], d["y"], d["S"], d["mask"], d["dt"], d["lam"]),
+        variant_label(spec, i): tuple(None if a.name in variant else d[SHORT[a.name]] for a in spec.args)
+        for spec in ENGINE_OPS for i, variant in enumerate(spec.variants)
     }
 
 
@@ -273,7 +279,7 @@ def test_host_kernels_forward_match_reference(engine, shape, dtype, mask_kind):
     low, d128 = _inputs(*shape, dtype, mask_kind, per_batch=(shape[0] > 1))
     calls_low, calls_128 = _forward_calls(low), _forward_calls(d128)
     for name, args in calls_low.items():
-        op = name.split("(")[0]
+        op = name.split("[")[0]
         got = getattr(engine, op)(*(_np(a) for a in args))
         assert got.dtype == np.dtype(str(dtype).split(".")[1]), f"{name}: dtype {got.dtype}"
         want = getattr(ref, op)(*calls_128[name])
@@ -286,12 +292,12 @@ def test_host_kernels_with_a_multi_thread_grid(engine_grid, mask_kind):
     low, d128 = _inputs(2, 3, 7, 10, torch.complex64, mask_kind, per_batch=True)
     calls_low, calls_128 = _forward_calls(low), _forward_calls(d128)
     for name, args in calls_low.items():
-        op = name.split("(")[0]
+        op = name.split("[")[0]
         got = getattr(engine_grid, op)(*(_np(a) for a in args))
         assert_rel_close(torch.from_numpy(np.array(got)), getattr(ref, op)(*calls_128[name]),
                          dtype=torch.complex64, name=f"grid {name}")
-    for name in ("normal", "dc_gradient", "flow_step", "flow_step(ahy)", "kspace_flow_step"):
-        op = name.split("(")[0]
+    for name in BACKWARD_CASES:
+        op = name.split("[")[0]
         needs = tuple(i != MASK_POS[op] for i in range(NEEDS[op]))
         got = getattr(engine_grid, op + "_backward")(_np(_backward_grad(op, low)),
                                                      tuple(_np(a) for a in calls_low[name]), needs)
@@ -303,10 +309,8 @@ def test_host_kernels_with_a_multi_thread_grid(engine_grid, mask_kind):
                                  name=f"grid {name} grad[{i}]")
 
 
-NEEDS = {
-    "normal": 3, "dc_gradient": 4, "flow_step": 8, "kspace_flow_step": 7,
-}
-MASK_POS = {"normal": 2, "dc_gradient": 3, "flow_step": 4, "kspace_flow_step": 4}
+NEEDS = {spec.name: len(spec.args) for spec in BACKWARD_SPECS}
+MASK_POS = {spec.name: spec.mask_index for spec in BACKWARD_SPECS}
 
 
 @pytest.mark.parametrize("mask_kind", SIM_MASKS)
@@ -315,8 +319,8 @@ MASK_POS = {"normal": 2, "dc_gradient": 3, "flow_step": 4, "kspace_flow_step": 4
 def test_host_kernels_backward_match_reference(engine, shape, dtype, mask_kind):
     low, d128 = _inputs(*shape, dtype, mask_kind, per_batch=(shape[0] > 1))
     calls_low, calls_128 = _forward_calls(low), _forward_calls(d128)
-    for name in ("normal", "dc_gradient", "flow_step", "flow_step(ahy)", "kspace_flow_step"):
-        op = name.split("(")[0]
+    for name in BACKWARD_CASES:
+        op = name.split("[")[0]
         n = NEEDS[op]
         subsets = [tuple(i != MASK_POS[op] for i in range(n))]  # everything but the mask
         subsets += [tuple(i == j for i in range(n)) for j in range(n) if j != MASK_POS[op]]  # one at a time

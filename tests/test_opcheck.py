@@ -1,51 +1,40 @@
-"""torch.library.opcheck on every custom op: schema, fake (meta) impl, autograd registration, AOT dispatch."""
+"""torch.library.opcheck on every custom op of the table: schema, fake (meta) impl, autograd
+registration, AOT dispatch; every variant (e.g. flow_step with y or with Aᴴy), column and 2-D masks."""
 import pytest
 import torch
 
 import flat.ops  # noqa: F401  (registers torch.ops.flat.*)
-from tests.helpers import random_sens
+from flat.ops.table import OPS
 
 B, C, H, W = 2, 2, 6, 5
 
 
-def _args():
+def _cases():
     g = torch.Generator().manual_seed(0)
-    c = lambda *s: torch.randn(*s, dtype=torch.complex128, generator=g, requires_grad=True)  # noqa: E731
-    x, v, ahy, k, y = c(B, H, W), c(B, H, W), c(B, H, W), c(B, C, H, W), c(B, C, H, W)
-    S = random_sens(B, C, H, W, generator=g).requires_grad_()
-    col = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64).reshape(1, 1, W)
-    two_d = (torch.rand(B, H, W, generator=g) < 0.5).double()
-    dt = torch.tensor([0.2, 0.3], dtype=torch.float64, requires_grad=True)
-    lam = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
-    ref = "reference"
-    cases = {
-        "fft2c": (k, ref), "ifft2c": (k, ref), "sens_expand": (x, S, ref), "sens_reduce": (k, S, ref),
-        "rss": (k, 1, ref),
+    masks = {
+        "col": torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64).reshape(1, 1, W),
+        "2d": (torch.rand(B, H, W, generator=g) < 0.5).double(),
     }
-    for mname, m in (("col", col), ("2d", two_d)):
-        cases.update({
-            f"sense_forward/{mname}": (x, S, m, ref),
-            f"sense_adjoint/{mname}": (k, S, m, ref),
-            f"normal/{mname}": (x, S, m, ref),
-            f"dc_gradient/{mname}": (x, y, S, m, ref),
-            f"flow_step/{mname}": (x, v, y, S, m, dt, lam, None, ref),
-            f"flow_step(ahy)/{mname}": (x, v, None, S, m, dt, lam, ahy, ref),
-            f"kspace_flow_step/{mname}": (k, x, y, S, m, dt, lam, ref),
-        })
+    cases = {}
+    for spec in OPS:
+        for mname, m in (masks.items() if spec.has_mask else [("", None)]):
+            for i, variant in enumerate(spec.variants):
+                args = spec.sample(B, C, H, W, m, generator=g, variant=variant, requires_grad=True,
+                                   scalar_shape=(B,) if i == 0 else ())
+                cases[f"{spec.name}[{i}]/{mname}"] = (spec.name, args + ("reference",))
     return cases
 
 
-CASES = _args()
+CASES = _cases()
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_opcheck(case):
-    op = getattr(torch.ops.flat, case.split("/")[0].split("(")[0])
-    torch.library.opcheck(op, CASES[case])
+    name, args = CASES[case]
+    torch.library.opcheck(getattr(torch.ops.flat, name), args)
 
 
 def test_every_op_is_registered():
-    names = ["fft2c", "ifft2c", "sens_expand", "sens_reduce", "sense_forward", "sense_adjoint", "normal",
-             "dc_gradient", "flow_step", "kspace_flow_step", "rss"]
-    for name in names:
-        assert hasattr(torch.ops.flat, name), name
+    for spec in OPS:
+        assert hasattr(torch.ops.flat, spec.name), spec.name
+        assert hasattr(flat.ops, spec.name), spec.name

@@ -1,11 +1,12 @@
-"""Every op against the independent complex128 numpy oracle (tests/oracle.py), plus MRI invariants."""
+"""Every op against the independent complex128 oracle (tests/oracle.py), plus MRI invariants."""
 import numpy as np
 import pytest
 import torch
 
 import flat.ops as fo
+from flat.ops.table import INT, MASK, OPS
 from tests import oracle
-from tests.helpers import assert_rel_close, random_sens
+from tests.helpers import assert_rel_close, call_public, random_sens, variant_label
 
 SHAPES = [(1, 3, 8, 8), (2, 4, 9, 7), (2, 2, 10, 12), (1, 3, 7, 10)]  # even, odd, mixed H/W
 DTYPES = [torch.complex128, torch.complex64]
@@ -39,27 +40,31 @@ def test_ops_match_numpy_oracle(shape, dtype, mask_kind):
     B = shape[0]
     dt = torch.linspace(0.1, 0.3, B, dtype=torch.float64)  # per-sample (B,) tensor
     lam = 2.5
-    checks = {
-        "fft2c": (fo.fft2c(d["k"]), oracle.fft2c(n["k"])),
-        "ifft2c": (fo.ifft2c(d["k"]), oracle.ifft2c(n["k"])),
-        "sens_expand": (fo.sens_expand(d["x"], d["S"]), oracle.sens_expand(n["x"], n["S"])),
-        "sens_reduce": (fo.sens_reduce(d["k"], d["S"]), oracle.sens_reduce(n["k"], n["S"])),
-        "sense_forward": (fo.sense_forward(d["x"], d["S"], d["mask"]), oracle.sense_forward(n["x"], n["S"], n["M"])),
-        "sense_adjoint": (fo.sense_adjoint(d["k"], d["S"], d["mask"]), oracle.sense_adjoint(n["k"], n["S"], n["M"])),
-        "normal": (fo.normal(d["x"], d["S"], d["mask"]), oracle.normal(n["x"], n["S"], n["M"])),
-        "dc_gradient": (fo.dc_gradient(d["x"], d["y"], d["S"], d["mask"]),
-                        oracle.dc_gradient(n["x"], n["y"], n["S"], n["M"])),
-        "flow_step": (fo.flow_step(d["x"], d["v"], d["y"], d["S"], d["mask"], dt, lam),
-                      oracle.flow_step(n["x"], n["v"], n["y"], n["S"], n["M"], dt.numpy(), lam)),
-        "flow_step(ahy)": (fo.flow_step(d["x"], d["v"], None, d["S"], d["mask"], 0.2, lam, ahy=d["ahy"]),
-                           oracle.flow_step(n["x"], n["v"], None, n["S"], n["M"], 0.2, lam, ahy=n["ahy"])),
-        "kspace_flow_step": (fo.kspace_flow_step(d["k"], d["x"], d["y"], d["S"], d["mask"], dt, lam),
-                             oracle.kspace_flow_step(n["k"], n["x"], n["y"], n["S"], n["M"], dt.numpy(), lam)),
-        "rss": (fo.rss(d["k"]), oracle.rss(n["k"])),
-    }
+    # table argument -> (value for flat.ops, value for the oracle); variant 1 passes dt as a float
+    values = {"image": "x", "velocity": "v", "kspace": "y", "sens": "S", "ahy": "ahy", "kstate": "k",
+              "image_update": "x", "x": "k"}
+    checks = {}
+    for spec in OPS:
+        for i, variant in enumerate(spec.variants):
+            pub, orc = [], []
+            for arg in spec.args:
+                if arg.name in variant:
+                    pub.append(None), orc.append(None)
+                elif arg.kind == MASK:
+                    pub.append(d["mask"]), orc.append(n["M"])
+                elif arg.name == "dt":
+                    pub.append(dt if i == 0 else 0.2), orc.append(dt.numpy() if i == 0 else 0.2)
+                elif arg.name == "lam":
+                    pub.append(lam), orc.append(lam)
+                elif arg.kind == INT:
+                    pub.append(arg.default), orc.append(arg.default)
+                else:
+                    pub.append(d[values[arg.name]]), orc.append(n[values[arg.name]])
+            checks[variant_label(spec, i)] = (call_public(spec, pub), getattr(oracle, spec.name)(*orc))
     for name, (got, want) in checks.items():
         assert got.dtype == (dtype if name != "rss" else dtype.to_real()), f"{name}: dtype {got.dtype}"
         assert_rel_close(got, torch.from_numpy(np.ascontiguousarray(want)), dtype=dtype, name=name)
+    assert len(checks) == sum(len(s.variants) for s in OPS)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -119,7 +124,7 @@ def test_real_layout_round_trip(dtype):
                       R(fo.flow_step(d["x"], d["v"], d["y"], d["S"], d["mask"], 0.1, 3.0)).unsqueeze(1)),
         "kspace_flow_step": (fo.kspace_flow_step(R(d["k"]), x_r, R(d["y"]), R(d["S"]), mask_fastmri, 0.1, 3.0),
                              R(fo.kspace_flow_step(d["k"], d["x"], d["y"], d["S"], d["mask"], 0.1, 3.0))),
-        "rss": (fo.rss(R(d["k"]), dim=1), fo.rss(d["k"], dim=1)),
+        "rss": (fo.rss(R(d["k"]), dim=1, real_layout=True), fo.rss(d["k"], dim=1)),
     }
     for name, (got, want) in pairs.items():
         assert got.dtype == dtype and got.shape == want.shape, f"{name}: {got.dtype} {tuple(got.shape)}"

@@ -1,14 +1,15 @@
 """The Triton backend (flat_kernels/triton) against a complex128 oracle and the reference backend.
 
 On the CPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py), so shapes stay tiny
-(kernels.md §7): even W, W % 4 == 2 and odd W; odd H; B = 1 and 2; shared and per-sample masks;
+(docs/kernels.md, testing): even W, W % 4 == 2 and odd W; odd H; B = 1 and 2; shared and per-sample masks;
 column masks (fused row kernel) and 2-D masks (torch.fft + Triton prologue/epilogue). Every kernel
 output is poisoned with NaN before its launch (``_common._POISON``), so an element a kernel forgets
 to write fails the comparison.
 
-The oracle is the literal SPEC §1–2 formulas in complex128 (torch.fft with explicit fftshift /
-ifftshift, anchored to numpy below); gradients of the oracle come from autograd through it, so they
-check the hand-written backward kernels independently of flat/_reference.py.
+The oracle is tests/oracle.py: the literal fastMRI formulas in complex128 (torch.fft with explicit
+fftshift / ifftshift, anchored to numpy below); gradients of the oracle come from autograd through
+it, so they check the hand-written backward kernels independently of flat/ops/reference.py. The ops
+and their arguments come from the op table (flat/ops/table.py).
 
 GPU tests (marker ``gpu``) run the knee and brain sizes and CUDA-graph capture; skipped without CUDA.
 """
@@ -23,7 +24,10 @@ pytest.importorskip("triton")
 import flat.ops as fo  # noqa: E402
 from flat import backends  # noqa: E402
 
-from .helpers import RTOL, assert_rel_close, column_mask, rel_err  # noqa: E402
+from flat.ops.table import MASK, OPS, lookup  # noqa: E402
+
+from . import oracle  # noqa: E402
+from .helpers import RTOL, assert_rel_close, call_public, column_mask, rel_err, variant_label  # noqa: E402
 
 C64, C128 = torch.complex64, torch.complex128
 REAL = {C64: torch.float32, C128: torch.float64}
@@ -39,53 +43,19 @@ def _poison_outputs():
     _common._POISON["on"] = old
 
 
-# ---------------------------------------------------------------- the complex128 oracle (SPEC §1–2)
-_D = (-2, -1)
+# ---------------------------------------------------------------- the oracle (tests/oracle.py) and the op table
+_D = oracle.AX
 
 
-def o_fft2c(x):
-    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=_D), norm="ortho"), dim=_D)
-
-
-def o_ifft2c(x):
-    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(x, dim=_D), norm="ortho"), dim=_D)
-
-
-def o_A(x, S, M):  # M (Bm, Hm, W) -> broadcast over coils
-    return M[:, None] * o_fft2c(S * x[:, None])
-
-
-def o_AH(k, S, M):
-    return (S.conj() * o_ifft2c(M[:, None] * k)).sum(1)
-
-
-def o_per_b(t, nd):
-    return t if t.ndim == 0 else t.reshape(-1, *([1] * (nd - 1)))
-
-
-ORACLE = {
-    "flow_step": lambda x, v, y, S, M, dt, lam, ahy: x + o_per_b(dt, 3) * (
-        v - o_per_b(lam, 3) * (o_AH(o_A(x, S, M), S, M) - (o_AH(y, S, M) if ahy is None else ahy))
-    ),
-    "normal": lambda x, S, M: o_AH(o_A(x, S, M), S, M),
-    "dc_gradient": lambda x, y, S, M: o_AH(o_A(x, S, M) - y, S, M),
-    "sense_forward": o_A,
-    "sense_adjoint": o_AH,
-    "kspace_flow_step": lambda k, z, y, S, M, dt, lam: k - (o_per_b(dt, 4) * o_per_b(lam, 4)) * M[:, None] * (k - y)
-    + o_per_b(dt, 4) * o_fft2c(S * z[:, None]),
-}
+def ORACLE(op):
+    return getattr(oracle, op)
 
 
 def _call(op, args, backend):
-    """Call flat.ops.<op> with the positional canonical arguments of ORACLE[op]."""
-    if op == "flow_step":
-        x, v, y, S, M, dt, lam, ahy = args
-        return fo.flow_step(x, v, y, S, M[:, None], dt, lam, ahy=ahy, backend=backend)
-    if op == "kspace_flow_step":
-        k, z, y, S, M, dt, lam = args
-        return fo.kspace_flow_step(k, z, y, S, M[:, None], dt, lam, backend=backend)
-    *data, M = args
-    return getattr(fo, op)(*data, M[:, None], backend=backend)
+    """Call flat.ops.<op> with its canonical arguments in table order (mask (Bm, Hm, W))."""
+    spec = lookup(op)
+    args = tuple(a[:, None] if arg.kind == MASK else a for arg, a in zip(spec.args, args))
+    return call_public(spec, args, backend)
 
 
 # ---------------------------------------------------------------- cases
@@ -123,14 +93,14 @@ def make_inputs(B, C, H, W, kind, per_sample, sshape, dtype):
     )
 
 
+# short names of make_inputs for the table's arguments
+SHORT = {"image": "x", "velocity": "v", "kspace": "y", "sens": "S", "mask": "M", "dt": "dt", "lam": "lam",
+         "ahy": "ahy", "kstate": "k", "image_update": "z"}
+# every op (and variant) the Triton backend implements itself, with its inputs by short name
 OP_ARGS = {
-    "flow_step": ("x", "v", "y", "S", "M", "dt", "lam", None),
-    "flow_step[ahy]": ("x", "v", None, "S", "M", "dt", "lam", "ahy"),
-    "normal": ("x", "S", "M"),
-    "dc_gradient": ("x", "y", "S", "M"),
-    "sense_forward": ("x", "S", "M"),
-    "sense_adjoint": ("y", "S", "M"),
-    "kspace_flow_step": ("k", "z", "y", "S", "M", "dt", "lam"),
+    variant_label(spec, i): tuple(None if a.name in variant else SHORT[a.name] for a in spec.args)
+    for spec in OPS if spec.name in backends.implemented_ops("triton")
+    for i, variant in enumerate(spec.variants)
 }
 DIFFERENTIABLE = {"x", "v", "y", "S", "ahy", "k", "z", "dt", "lam"}
 
@@ -145,7 +115,7 @@ def test_oracle_fft_matches_numpy():
     for H, W in ((4, 6), (5, 7), (3, 8)):
         a = np.random.default_rng(0).standard_normal((2, H, W)) + 1j * np.random.default_rng(1).standard_normal((2, H, W))
         want = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(a, axes=_D), norm="ortho"), axes=_D)
-        assert_rel_close(o_fft2c(torch.from_numpy(a)), torch.from_numpy(want), rtol=1e-14, name="fft2c")
+        assert_rel_close(oracle.fft2c(torch.from_numpy(a)), torch.from_numpy(want), rtol=1e-14, name="fft2c")
 
 
 def test_centered_dft_table_and_sampled_columns():
@@ -154,7 +124,7 @@ def test_centered_dft_table_and_sampled_columns():
 
     for W in (6, 7, 8, 46):
         fr, fi = cm.centered_dft(W, torch.float64, torch.device("cpu"))
-        want = o_fft2c(torch.eye(W, dtype=C128).reshape(W, 1, W)).reshape(W, W).T  # column j = fft_c(e_j)
+        want = oracle.fft2c(torch.eye(W, dtype=C128).reshape(W, 1, W)).reshape(W, W).T  # column j = fft_c(e_j)
         assert_rel_close(torch.complex(fr, fi), want, rtol=1e-14, name=f"DFT W={W}")
     m = torch.tensor([[[0.0, 1, 0, 0.5, 1, 0]], [[1.0, 0, 0, 0, 0, 0]]])
     idx, val, cnt = cm.sampled_columns(m)
@@ -170,7 +140,7 @@ def _check_forward(case, dtype):
         op = name.split("[")[0]
         got = _call(op, _args(inp, names), "triton")
         ref = _call(op, _args(inp, names), "reference")
-        want = ORACLE[op](*_args(inp128, names))
+        want = ORACLE(op)(*_args(inp128, names))
         assert got.dtype == dtype, f"{name}: {got.dtype} != {dtype}"
         assert_rel_close(got, want, dtype=dtype, name=f"{name} vs complex128 oracle")
         assert_rel_close(got, ref, dtype=dtype, name=f"{name} vs reference backend")
@@ -194,7 +164,7 @@ def _grads(op, inp, names, G, backend, oracle=False):
         return leaves[n]
 
     args = _args(inp, names, leaf)
-    out = ORACLE[op](*args) if oracle else _call(op, args, backend)
+    out = ORACLE(op)(*args) if oracle else _call(op, args, backend)
     loss = (G.to(out.dtype).conj() * out).real.sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return dict(zip(leaves, grads))
@@ -212,7 +182,7 @@ def _reduction_scale(op, inp, names, n, G):
     i = names.index(n)
 
     def f(t):
-        return ORACLE[op](*args[:i], t, *args[i + 1:])
+        return ORACLE(op)(*args[:i], t, *args[i + 1:])
 
     theta = inp128[n]
     _, D = torch.func.jvp(f, (theta,), (torch.ones_like(theta),))
@@ -284,7 +254,7 @@ def test_empty_and_full_masks(kind):
         inp128 = dict(inp)
         for name in ("flow_step", "normal", "dc_gradient"):
             names = OP_ARGS[name]
-            assert_rel_close(_call(name, _args(inp, names), "triton"), ORACLE[name](*_args(inp128, names)),
+            assert_rel_close(_call(name, _args(inp, names), "triton"), ORACLE(name)(*_args(inp128, names)),
                              name=f"{name} mask={fill}")
     want = (inp["S"].abs() ** 2).sum(1) * inp["x"]
     assert_rel_close(_call("normal", _args(inp, OP_ARGS["normal"]), "triton"), want, name="normal, full mask")
@@ -346,7 +316,7 @@ def test_lazy_conj_inputs():
     xc = inp["x"].conj()
     assert xc.is_conj()
     got = fo.normal(xc, inp["S"], inp["M"][:, None], backend="triton")
-    assert_rel_close(got, ORACLE["normal"](xc.resolve_conj(), inp["S"], inp["M"]), name="normal(conj x)")
+    assert_rel_close(got, ORACLE("normal")(xc.resolve_conj(), inp["S"], inp["M"]), name="normal(conj x)")
 
 
 @pytest.mark.parametrize("kind", ["col", "2d"])

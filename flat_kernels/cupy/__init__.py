@@ -1,9 +1,9 @@
 """The ``"cupy"`` backend of :mod:`flat.ops`: cuFFT plans with fused NVRTC prologue/epilogue kernels.
 
-Imported lazily by :mod:`flat.backends` the first time ``"cupy"`` is used on a machine with a CUDA
-GPU (on a CPU machine :mod:`flat.backends` refuses ``"cupy"`` with a clear reason before importing
+Imported lazily by :mod:`flat.ops.backends` the first time ``"cupy"`` is used on a machine with a CUDA
+GPU (on a CPU machine :mod:`flat.ops.backends` refuses ``"cupy"`` with a clear reason before importing
 anything); ``import flat`` / ``import flat.ops`` never import CuPy. Importing this package imports
-CuPy and registers the implementations below with :func:`flat.backends.register_impl`.
+CuPy and registers the implementations below with :func:`flat.ops.backends.register_module`.
 
 What it implements (forward and backward, complex64 and complex128)
 --------------------------------------------------------------------
@@ -84,11 +84,10 @@ import threading
 import cupy  # noqa: F401  (fail at backend load, with a clear error, if CuPy is broken)
 import torch
 
-from flat._opaque import wrap_backward
-from flat.backends import register_impl
+from flat.ops.backends import register_module
 
 from . import interop
-from ._engine import BACKWARD_OPS, OPS, Engine
+from ._engine import Engine
 from ._runtime import CupyRuntime
 
 __all__ = ["engine_for"]
@@ -149,8 +148,11 @@ def _backward(op):
     return impl
 
 
-for _op in OPS:
-    register_impl("cupy", _op, _forward(_op))
-for _op in BACKWARD_OPS:
-    # backward as an opaque custom op so AOT autograd / torch.compile can trace it (flat/_opaque.py)
-    register_impl("cupy", _op + "_backward", wrap_backward("cupy", _op, _backward(_op)))
+def _find(name):
+    """The CuPy implementation of a table op: the Engine method of that name, if it has one."""
+    if not hasattr(Engine, name):
+        return None
+    return _backward(name[: -len("_backward")]) if name.endswith("_backward") else _forward(name)
+
+
+register_module("cupy", _find)

@@ -8,22 +8,28 @@ object that provides
 * ``fft(buf, axes, inverse)``      an **in-place, unscaled** complex FFT over ``axes`` ((-1,) or (-2, -1));
 * ``launch(name, dtype, B, HW, args)``  run kernel ``flat_<name>_<c64|c128>`` of
   ``flat_kernels/cuda/dc_fused.cu`` over B batches x HW pixels; ``args`` is a list of
-  ``(kind, value)`` with kind ``"ptr"`` (array or None), ``"int"`` or ``"real"``.
+  ``(kind, value)`` with kind ``"ptr"`` (array or None), ``"int"`` or ``"real"``;
+* optionally, for the one-pass row kernel of ``flat_kernels/cuda/row_step.cu`` (column masks):
+  ``row_smem_limits(dtype)`` (per-block shared-memory budgets in bytes, tried in order) and
+  ``launch_rows(name, dtype, B, H, smem_bytes, args)`` (kernel ``flat_<name>_<suffix>``, a grid of
+  H x B blocks of ``ROW_THREADS`` threads, ``smem_bytes`` of dynamic shared memory). Without them,
+  or when a row does not fit (:func:`row_plan`), every op takes the cuFFT path.
 
 The GPU runtime (:mod:`flat_kernels.cupy._runtime`) maps these onto cuFFT plans and NVRTC kernels;
 ``tests/test_cupy.py`` maps them onto ``numpy.fft`` and the same ``.cu`` source compiled for the host,
 so the index arithmetic of the kernels and this orchestration are checked on a CPU machine.
 
-Every array handed in is C-contiguous with the canonical shapes of :mod:`flat.backends`: images
+Every array handed in is C-contiguous with the canonical shapes of docs/operators.md: images
 ``(B, H, W)``, coil stacks ``(B, C, H, W)``, masks ``(Bm, Hm, W)`` real, ``dt``/``lam`` real of
 shape ``()`` or ``(B,)``. Formulas: design/kernels.md §1 (forward) and §6 (backward), identical to
-:mod:`flat._reference` (the oracle).
+:mod:`flat.ops.reference` (the oracle).
 """
 from __future__ import annotations
 
 import math
 
 KERNEL_FILE = "dc_fused.cu"
+ROW_KERNEL_FILE = "row_step.cu"
 
 # Kernel signatures, in the order of the .cu parameters (checked against the source in the tests).
 SIGNATURES = {
@@ -59,6 +65,97 @@ SIGNATURES = {
 }
 
 
+# The one-pass row kernel (flat_kernels/cuda/row_step.cu, docs/row_kernel.md): column masks only.
+ROW_SIGNATURES = {
+    "row_step": (
+        ("S", "ptr"), ("X", "ptr"), ("V", "ptr"), ("R0", "ptr"), ("M", "rptr"),
+        ("a", "rptr"), ("a_stride", "int"), ("cc", "rptr"), ("c_stride", "int"), ("out", "ptr"),
+        ("has_x", "int"), ("has_v", "int"), ("has_r0", "int"),
+        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("Bm", "int"), ("Cg", "int"),
+    ),
+}
+ROW_THREADS = 256  # FLAT_ROW_THREADS of row_step.cu (the __launch_bounds__ of the kernel)
+
+ROW_KERNELS = """Kernels of the row path, for performance models (flat_kernels/roofline.py).
+
+flat_row_step_c64 / flat_row_step_c128 (flat_kernels/cuda/row_step.cu): one launch per column-mask
+normal / dc_gradient / flow_step forward, and per x-gradient of them; grid (H, B) blocks of
+ROW_THREADS threads, dynamic shared memory row_plan(...)["smem_bytes"] per block. Per launch,
+row_step_work(B, C, H, W, complex_bytes, has_v, has_r0) gives the global-memory bytes (S read once;
+x, v, Aᴴy read once; the output written once), the floating-point operations of the code as written
+(FMA = 2 flops) and the shared-memory bytes moved. The coil stack is never written.
+"""
+
+
+def row_radices(W: int) -> list:
+    """The Stockham radices of row_step.cu for length W (same greedy rule: 4, 2, smallest odd prime)."""
+    out, n = [], int(W)
+    while n > 1:
+        if n % 4 == 0:
+            r = 4
+        elif n % 2 == 0:
+            r = 2
+        else:
+            r = next((p for p in range(3, math.isqrt(n) + 1, 2) if n % p == 0), n)
+        out.append(r)
+        n //= r
+    return out
+
+
+_ROW_BUTTERFLY = (2, 3, 4, 5, 7, 11, 13, 17, 19, 23)  # radices with an explicit butterfly
+
+
+def row_plan(C: int, W: int, complex_bytes: int, limits) -> dict | None:
+    """Coil chunk and shared memory of one block, or None when one coil row does not fit.
+
+    Shared memory: tw, xs, acc (W complex each), Ss, b0, b1 (Cg·W complex each), ms (W real).
+    ``limits`` are per-block byte budgets tried in order (e.g. the size that keeps two blocks per
+    SM, then the opt-in maximum); chunks are balanced (ceil(C / ceil(C / Cg_max)) coils each).
+    """
+    fixed = 3 * W * complex_bytes + W * (complex_bytes // 2)
+    per_coil = 3 * W * complex_bytes
+    for budget in limits:
+        cg_max = (int(budget) - fixed) // per_coil
+        if cg_max >= 1:
+            chunks = -(-C // cg_max)
+            cg = -(-C // chunks)
+            return {"Cg": cg, "chunks": chunks, "smem_bytes": fixed + cg * per_coil}
+    return None
+
+
+def _fft_counts(W: int):
+    """(flops, shared-memory bytes in units of complex elements) of one length-W transform, per row."""
+    flops = smem = 0
+    Ns = 1
+    for R in row_radices(W):
+        L = W // R
+        tw = (R - 1) * L if Ns > 1 else 0  # pre-twiddle multiplies (none in the first stage)
+        if R in _ROW_BUTTERFLY:
+            h = (R - 1) // 2
+            bfly = {2: 4, 4: 16}.get(R, 8 * h * h + 10 * h)  # per butterfly, as coded
+            flops += L * bfly + 6 * tw
+            smem += 2 * W + tw + (h if R > 4 else 0) * L  # read + write, twiddles, cos/sin table
+        else:
+            flops += 8 * R * W  # direct DFT: R complex multiply-adds per output
+            smem += 2 * R * W + W  # data and twiddle read per term, one write
+        Ns *= R
+    return flops, smem
+
+
+def row_step_work(B: int, C: int, H: int, W: int, complex_bytes: int, has_v: bool = True,
+                  has_r0: bool = True) -> dict:
+    """Work of one flat_row_step launch (see ROW_KERNELS): bytes, flops, shared-memory bytes."""
+    rows, px = B * H, B * H * W
+    dram = complex_bytes * (B * C * H * W + px * (2 + int(has_v) + int(has_r0))) + (complex_bytes // 2) * W
+    f, sm = _fft_counts(W)
+    # per coil row: S·x (6), two transforms, mask (2), conj(S)·u accumulate (8); per pixel epilogue ≈ 10
+    flops = rows * C * (2 * f + W * (6 + 2 + 8)) + px * 10
+    # per coil row: write Ss, b0 and read xs (3), both transforms, read Ss, u (2) and acc (2)
+    smem = complex_bytes * rows * C * (2 * sm + 7 * W)
+    return {"dram_bytes": dram, "flops": flops, "smem_bytes": smem, "blocks": rows,
+            "threads": ROW_THREADS, "radices": row_radices(W)}
+
+
 def _ishift(n: int) -> int:
     """Read offset of ifftshift: ifftshift(z)[i] = z[(i + n//2) mod n]."""
     return n // 2
@@ -75,6 +172,8 @@ class Engine:
     def __init__(self, rt):
         self.rt = rt
         self.xp = rt.xp
+        # the one-pass row kernel, where the runtime can launch it (column masks only)
+        self.rows = hasattr(rt, "launch_rows")
 
     # ------------------------------------------------------------ plumbing
     def _launch(self, name, dtype, **kw):
@@ -175,6 +274,33 @@ class Engine:
         self.rt.fft(buf, (-2, -1), inverse=True)
         return buf, 1.0 / math.sqrt(k.shape[-2] * k.shape[-1])
 
+    def _row_plan(self, S, mask):
+        """The row kernel's plan for this call, or None when the cuFFT path must be taken."""
+        if not self.rows or mask.shape[1] != 1:
+            return None
+        B, C, H, W = self._dims(S)
+        return row_plan(C, W, self.xp.dtype(S.dtype).itemsize, self.rt.row_smem_limits(S.dtype))
+
+    def _step(self, S, z, mask, keep_z=False, v=None, r0=None, a=None, c=None):
+        """[keep_z]·z + a·v − c·(AᴴA z − r0): the row kernel for a column mask, else cuFFT + kernels."""
+        plan = self._row_plan(S, mask)
+        if plan is None:
+            buf = self._expand(S, z)
+            s = self._project(buf, mask)
+            return self._reduce(S, buf, s, x=z if keep_z else None, v=v, r0=r0, a=a, c=c)
+        B, C, H, W = self._dims(S)
+        if c is None:
+            c = self._const(-1.0, S.dtype)
+        cc, cs = self._coef(c, B)
+        aa, as_ = self._coef(a, B) if a is not None else (cc, 0)
+        out = self.rt.empty((B, H, W), S.dtype)
+        kw = dict(S=S, X=z, V=v, R0=r0, M=mask, a=aa, a_stride=as_, cc=cc, c_stride=cs, out=out,
+                  has_x=int(keep_z), has_v=int(v is not None), has_r0=int(r0 is not None),
+                  B=B, Cn=C, H=H, W=W, Bm=mask.shape[0], Cg=plan["Cg"])
+        args = [(kind, kw[pname]) for pname, kind in ROW_SIGNATURES["row_step"]]
+        self.rt.launch_rows("row_step", S.dtype, B, H, plan["smem_bytes"], args)
+        return out
+
     def _grad_sens(self, x, g, coef, U=None, su=0.0, Q=None, sq=0.0, Wb=None, sw=1.0, w_centered=False):
         B, H, W = x.shape
         C = Wb.shape[1]
@@ -214,22 +340,16 @@ class Engine:
         return self._reduce(sens, buf, s, centered=True)
 
     def normal(self, image, sens, mask):
-        buf = self._expand(sens, image)
-        s = self._project(buf, mask)
-        return self._reduce(sens, buf, s)
+        return self._step(sens, image, mask)
 
     def dc_gradient(self, image, kspace, sens, mask):
         ahy = self.sense_adjoint(kspace, sens, mask)
-        buf = self._expand(sens, image)
-        s = self._project(buf, mask)
-        return self._reduce(sens, buf, s, r0=ahy)
+        return self._step(sens, image, mask, r0=ahy)
 
     def flow_step(self, image, velocity, kspace, sens, mask, dt, lam, ahy=None):
         if ahy is None:
             ahy = self.sense_adjoint(kspace, sens, mask)
-        buf = self._expand(sens, image)
-        s = self._project(buf, mask)
-        return self._reduce(sens, buf, s, x=image, v=velocity, r0=ahy, a=dt, c=dt * lam)
+        return self._step(sens, image, mask, keep_z=True, v=velocity, r0=ahy, a=dt, c=dt * lam)
 
     def kspace_flow_step(self, kstate, image_update, kspace, sens, mask, dt, lam):
         buf = self._fft2c_coils(sens, image_update)
@@ -239,30 +359,32 @@ class Engine:
     def normal_backward(self, g, inputs, needs):
         image, sens, mask = inputs
         gx = gs = None
-        if needs[0] or needs[1]:
+        if needs[1]:  # grad_S needs the projected stacks P(S g), P(S x) (C×H×W): cuFFT path
             w = self._expand(sens, g)
             s = self._project(w, mask)
             if needs[0]:
                 gx = self._reduce(sens, w, s)
-            if needs[1]:
-                u = self._expand(sens, image)
-                self._project(u, mask)
-                gs = self._grad_sens(image, g, self._const(-1.0, g.dtype), U=u, su=s, Wb=w, sw=s)
+            u = self._expand(sens, image)
+            self._project(u, mask)
+            gs = self._grad_sens(image, g, self._const(-1.0, g.dtype), U=u, su=s, Wb=w, sw=s)
+        elif needs[0]:
+            gx = self._step(sens, g, mask)  # AᴴA g (AᴴA is Hermitian)
         return gx, gs, None
 
     def dc_gradient_backward(self, g, inputs, needs):
         image, kspace, sens, mask = inputs
         gx = gy = gs = None
-        if needs[0] or needs[2]:
+        if needs[2]:  # grad_S: cuFFT path, as in normal_backward
             w = self._expand(sens, g)
             s = self._project(w, mask)
             if needs[0]:
                 gx = self._reduce(sens, w, s)
-            if needs[2]:
-                u = self._expand(sens, image)
-                self._project(u, mask)
-                q, sq = self._ifft2c_coils(kspace, mask)
-                gs = self._grad_sens(image, g, self._const(-1.0, g.dtype), U=u, su=s, Q=q, sq=sq, Wb=w, sw=s)
+            u = self._expand(sens, image)
+            self._project(u, mask)
+            q, sq = self._ifft2c_coils(kspace, mask)
+            gs = self._grad_sens(image, g, self._const(-1.0, g.dtype), U=u, su=s, Q=q, sq=sq, Wb=w, sw=s)
+        elif needs[0]:
+            gx = self._step(sens, g, mask)
         if needs[1]:
             gy = self._kspace_out(self._fft2c_coils(sens, g), mask=mask, cf=self._const(-1.0, g.dtype),
                                   mask_fft=True)
@@ -273,17 +395,17 @@ class Engine:
         c = dt * lam
         gx = gv = gy = gs = gdt = glam = gahy = None
         w = s = None
-        if needs[0] or needs[3]:
+        if needs[3]:  # grad_S needs P(S g) and P(S x) as coil stacks: cuFFT path
             w = self._expand(sens, g)
             s = self._project(w, mask)
-        if needs[0]:
-            gx = self._reduce(sens, w, s, x=g, c=c)  # (I − dt·lam·AᴴA) g
+        if needs[0]:  # (I − dt·lam·AᴴA) g
+            gx = self._reduce(sens, w, s, x=g, c=c) if w is not None else self._step(sens, g, mask, keep_z=True, c=c)
         if needs[1]:
             gv = self._per_batch(dt, 3) * g
         if needs[2] and ahy is None:
             gy = self._kspace_out(self._fft2c_coils(sens, g), mask=mask, cf=c, mask_fft=True)
         u = su = None
-        if needs[3] or needs[5] or needs[6]:
+        if needs[3]:
             u = self._expand(sens, image)
             su = self._project(u, mask)
         q = sq = None
@@ -293,7 +415,8 @@ class Engine:
             gs = self._grad_sens(image, g, c, U=u, su=su, Q=q, sq=sq or 0.0, Wb=w, sw=s)
         if needs[5] or needs[6]:
             r0 = ahy if ahy is not None else self._reduce(sens, q, sq, centered=True)
-            r = self._reduce(sens, u, su, r0=r0)  # AᴴA x − Aᴴy
+            # AᴴA x − Aᴴy
+            r = self._reduce(sens, u, su, r0=r0) if u is not None else self._step(sens, image, mask, r0=r0)
             gconj = self.xp.conj(g)
             if needs[5]:
                 gdt = self._grad_scalar(self.xp.real(gconj * (velocity - self._per_batch(lam, 3) * r)), dt)
@@ -332,7 +455,3 @@ class Engine:
                 glam = self._grad_scalar(xp.real(gconj * (-dt4 * diff)), lam)
         return gk, gz, gy, gs, None, gdt, glam
 
-
-OPS = ("sens_expand", "sens_reduce", "sense_forward", "sense_adjoint",
-       "normal", "dc_gradient", "flow_step", "kspace_flow_step")
-BACKWARD_OPS = ("normal", "dc_gradient", "flow_step", "kspace_flow_step")

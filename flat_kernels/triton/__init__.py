@@ -1,6 +1,6 @@
 """The ``"triton"`` backend of :mod:`flat.ops`: fused data-consistency + Euler-step kernels.
 
-Imported lazily by :mod:`flat.backends` the first time the backend is used (this is the only place
+Imported lazily by :mod:`flat.ops.backends` the first time the backend is used (this is the only place
 that imports Triton). Implements, forward and backward, on CUDA tensors (or CPU tensors under
 ``TRITON_INTERPRET=1``), complex64 and complex128:
 
@@ -19,15 +19,12 @@ compiles them for sm_90 without one.
 """
 from __future__ import annotations
 
-from flat.backends import register_impl
+from flat.ops.backends import register_module
 
 from . import _ops
 from ._common import PRECISIONS, get_precision, set_precision
-from flat._opaque import wrap_backward
 
-for _op in _ops.IMPLEMENTED:
-    register_impl("triton", _op, getattr(_ops, _op))
-    # backward as an opaque custom op so AOT autograd / torch.compile can trace it (flat/_opaque.py)
-    register_impl("triton", _op + "_backward", wrap_backward("triton", _op, getattr(_ops, _op + "_backward")))
+# every function of _ops named like an op of flat/ops/table.py (and its _backward) is registered
+register_module("triton", lambda name: getattr(_ops, name, None))
 
 __all__ = ["PRECISIONS", "get_precision", "set_precision"]

@@ -1,4 +1,7 @@
-"""The Triton backend's op implementations on canonical tensors (contract: flat/backends.py).
+"""The Triton backend's op implementations on canonical tensors (contract: flat/ops/backends.py).
+
+Every function here named like an op of flat/ops/table.py (or ``<op>_backward``) is registered as
+the Triton implementation of that op; the others are helpers.
 
 Routing: a column mask (Hm == 1, the fastMRI case) takes the fused row kernel of flow_step.py; a
 2-D mask takes the cuFFT + Triton prologue/epilogue path of fft_epilogue.py. Aᴴy, when not given,
@@ -19,6 +22,13 @@ import torch
 from . import _common as cm
 from . import fft_epilogue as fe
 from . import flow_step as fs
+from . import monarch as mn
+
+
+def row_module(W: int):
+    """The row-kernel family for width W: the factored DFT (monarch.py) when W = 16·N2, else the
+    sampled DFT (flow_step.py). Same signatures; see flat_kernels/NOTES.md for the choice."""
+    return mn if mn.supported(W) else fs
 
 
 def _is_column(mask: torch.Tensor) -> bool:
@@ -28,7 +38,7 @@ def _is_column(mask: torch.Tensor) -> bool:
 def _generic_forward(x, v, y, ahy, sens, mask, cd, ce, has_x):
     if _is_column(mask):
         q = fe.adjoint_coils(y, mask) if y is not None else None
-        return fs.row_forward(x, v, ahy, q, sens, mask, cd, ce, has_x)
+        return row_module(sens.shape[-1]).row_forward(x, v, ahy, q, sens, mask, cd, ce, has_x)
     return fe.image_forward(x, v, y, ahy, sens, mask, cd, ce, has_x)
 
 
@@ -40,7 +50,8 @@ def _generic_backward(g, x, v, y, ahy, sens, mask, ce, has_x, need_x, need_s, ne
         if need_x or need_s or need_r:
             # q_c only where the S- or r-terms need Aᴴy's per-coil pieces (recomputed, never saved)
             q = fe.adjoint_coils(y, mask) if (y is not None and (need_s or need_r)) else None
-            gx, gs, part = fs.row_backward(g, x, v, ahy, q, sens, mask, ce, has_x, need_x, need_s, need_r)
+            gx, gs, part = row_module(sens.shape[-1]).row_backward(
+                g, x, v, ahy, q, sens, mask, ce, has_x, need_x, need_s, need_r)
         Tg = fe.expand_fft(g.unsqueeze(0), sens)[0] if need_y else None
     else:
         gx, gs, part, Tg = fe.image_backward(g, x, v, y, ahy, sens, mask, ce, has_x, need_x, need_s, need_r, need_y)
@@ -192,7 +203,3 @@ def kspace_flow_step_backward(g, inputs, needs):
         )
     return gk, gz, gy, gs, None, gdt, glam
 
-
-IMPLEMENTED = (
-    "flow_step", "normal", "dc_gradient", "kspace_flow_step", "sense_forward", "sense_adjoint",
-)

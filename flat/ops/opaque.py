@@ -1,6 +1,6 @@
 """Kernel backends' backward implementations wrapped as opaque ``torch.library`` custom ops.
 
-flat/_library.py registers each ``flat::<op>`` autograd formula as a Python function that calls the
+flat/ops/library.py registers each ``flat::<op>`` autograd formula as a Python function that calls the
 backend's ``<op>_backward``. AOT autograd (torch.compile, opcheck's aot_dispatch tests) traces that
 function with fake tensors, and a Triton or CuPy launch cannot run on fake tensors. So every kernel
 backward is itself an opaque custom op with a fake implementation: ``flat_<backend>::<op>_backward``
@@ -17,21 +17,18 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor
 
-# index of the mask (never differentiated) in each op's inputs
-_MASK_INDEX = {
-    "flow_step": 4, "normal": 2, "dc_gradient": 3, "kspace_flow_step": 4,
-    "sense_forward": 2, "sense_adjoint": 2,
-}
+from flat.ops.table import lookup
 
 
 def _produced(op: str, inputs, needs) -> list[bool]:
-    out = []
-    for i, (t, n) in enumerate(zip(inputs, needs)):
-        ok = bool(n) and t is not None and i != _MASK_INDEX[op]
-        if op == "flow_step" and i == 2 and inputs[7] is not None:
-            ok = False  # y does not enter the step when Aᴴy is given
-        out.append(ok)
-    return out
+    """Which gradients the backward returns: asked for, for a differentiable argument that is
+    given, and that enters the op (flow_step's y does not when Aᴴy is given)."""
+    spec = lookup(op)
+    given = {a.name: t is not None for a, t in zip(spec.args, inputs)}
+    return [
+        bool(n) and given[a.name] and a.differentiable and not (a.unused_if and given[a.unused_if])
+        for a, n in zip(spec.args, needs)
+    ]
 
 
 def wrap_backward(backend: str, op: str, fn: Callable) -> Callable:

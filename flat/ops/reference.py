@@ -1,10 +1,11 @@
 """Pure-PyTorch implementation of every op: the CPU path, the oracle for the kernels.
 
-All functions take canonical tensors (see :mod:`flat.backends`): image ``(B, H, W)`` complex,
+All functions take canonical tensors (docs/operators.md): image ``(B, H, W)`` complex,
 k-space/sens ``(B, C, H, W)`` complex, mask ``(Bm, Hm, W)`` real (``Hm == 1``: column mask),
 ``dt``/``lam`` real tensors of shape ``()`` or ``(B,)``.
 
-The data-consistency ops use the algebraic form of design/kernels.md §1: for any mask,
+The data-consistency ops use the algebraic form of docs/operators.md ("the column-mask identity"):
+for any mask,
 
     ifft2c(M ⊙ fft2c(z)) = F⁻¹(ifftshift(M) ⊙ F z)
 
@@ -12,22 +13,22 @@ The data-consistency ops use the algebraic form of design/kernels.md §1: for an
 un-shifted FFT along W only for a column mask (the H transform is unitary and cancels) and along
 (H, W) for a 2-D mask. No fftshift is ever materialised on that path.
 
-Backward formulas follow design/kernels.md §6 with PyTorch's convention for complex gradients
+Backward formulas follow docs/operators.md ("backward") with PyTorch's convention for complex gradients
 (``grad`` is the conjugate Wirtinger derivative ∂L/∂z̄ of a real loss):
 for ``out = A(z)`` linear, ``grad_z = Aᴴ grad_out``; for ``out = conj(s) u``, ``grad_s = conj(grad_out) u``.
 Conjugates are ``conj_physical``: a lazy ``.conj()`` inside a custom op gives wrong numbers under
-torch.compile (kernels.md §5; caught by ``opcheck``).
+torch.compile (docs/operators.md, "custom-op pitfalls"; caught by ``opcheck``).
 """
 from __future__ import annotations
 
 import torch
 
-from flat.backends import register_impl
+from flat.ops.backends import register_module
 
 _DIMS = (-2, -1)
 
 
-# ---------------------------------------------------------------- centered FFT (fastMRI, SPEC §1)
+# ---------------------------------------------------------------- centered FFT (fastMRI's convention)
 def fft2c(x):
     """Centered orthonormal 2-D FFT over the last two dims (numpy-style shifts, odd sizes too)."""
     return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=_DIMS), norm="ortho"), dim=_DIMS)
@@ -52,7 +53,7 @@ def _apply_mask(mask, k):
 
 def _projector(mask):
     """(shifted mask broadcast over coils, FFT dims) for P z = ifft2c(M ⊙ fft2c(z)) without shifts."""
-    if mask.shape[-2] == 1:  # column mask: 1-D transforms along W (kernels.md §1)
+    if mask.shape[-2] == 1:  # column mask: 1-D transforms along W (docs/operators.md)
         return _kmask(torch.fft.ifftshift(mask, dim=-1)), (-1,)
     return _kmask(torch.fft.ifftshift(mask, dim=_DIMS)), _DIMS
 
@@ -113,7 +114,7 @@ def _residual(image, kspace, sens, mask, ahy):
 
 
 def flow_step(image, velocity, kspace, sens, mask, dt, lam, ahy):
-    """x + dt·(v − lam·(AᴴA x − Aᴴy)): one Euler step of the conditional flow (SPEC §4)."""
+    """x + dt·(v − lam·(AᴴA x − Aᴴy)): one Euler step of the conditional flow (docs/model.md)."""
     dt_, lam_ = _per_batch(dt, 3), _per_batch(lam, 3)
     return image + dt_ * (velocity - lam_ * _residual(image, kspace, sens, mask, ahy))
 
@@ -252,10 +253,4 @@ def rss_backward(g, inputs, needs):
 
 
 # ---------------------------------------------------------------- registration
-OPS = (
-    "fft2c", "ifft2c", "sens_expand", "sens_reduce", "sense_forward", "sense_adjoint",
-    "normal", "dc_gradient", "flow_step", "kspace_flow_step", "rss",
-)
-for _op in OPS:
-    register_impl("reference", _op, globals()[_op])
-    register_impl("reference", _op + "_backward", globals()[_op + "_backward"])
+register_module("reference", globals().get)
