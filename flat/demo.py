@@ -12,44 +12,30 @@ Training runs live in ``DIR/runs/{flat,unrolled}`` and resume if the demo is int
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-# Steps per model, and a wall-clock cap per model so that the whole demo stays within 10 minutes
-# on a 2-core CPU even when the machine is busy (measured; see README).
-DEFAULT_STEPS = 1500
-DEFAULT_TIME_LIMIT_S = 420.0
+import numpy as np
+import torch
 
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
-    parser.add_argument("--data", default=None,
-                        help="use an existing data folder with train/ val/ test/ subfolders instead of "
-                             "building the demo data")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                        help=f"training steps per model (default {DEFAULT_STEPS})")
-    parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
-                        help=f"training wall-clock cap per model in seconds, 0 = none "
-                             f"(default {DEFAULT_TIME_LIMIT_S:g})")
-    parser.add_argument("--preset", default="demo", help="config preset for both models (default: demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override applied to both models, e.g. --set model.cascades=8")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data set and training")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args) -> int:
-    res = run_demo(args.out, data=args.data, steps=args.steps, time_limit_s=args.time_limit, preset=args.preset,
-                   overrides=args.overrides, seed=args.seed, progress=not args.no_progress)
-    print(format_table(res))
-    print(f"\nwrote {', '.join(res['files'])} in {res['out']} ({res['wall_s']:.0f} s in all)")
-    return 0
+from flat.cli.demo import DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S
+from flat.config import apply_overrides, get_preset
+from flat.data.demo import write_demo_dataset
+from flat.data.fastmri import list_h5_files, read_volume
+from flat.data.masks import create_mask_for_mask_type
+from flat.data.transforms import center_crop
+from flat.inference import load_model, reconstruct_trajectory
+from flat.io import atomic_path
+from flat.metrics import psnr, volume_metrics
+from flat.plots import psnr_per_cascade, recon_panel
+from flat.recon import prepare_volume, reconstruct_volume
+from flat.train import MODEL_FILE, train
 
 
 def _split_files(data: str | os.PathLike) -> dict:
-    from flat.data.fastmri import list_h5_files
-
     root = Path(data)
     out = {}
     for split in ("train", "val", "test"):
@@ -65,15 +51,6 @@ def evaluate_methods(test_files, models: dict, data_cfg, *, backend=None, progre
     Returns ``{"methods": {name: {"PSNR","SSIM","NMSE","seconds"}}, "cascade": {name: [PSNR of x_k]},
     "example": {...}}`` with metrics averaged over volumes (fastMRI's per-volume metrics).
     """
-    import numpy as np
-
-    from flat.data.fastmri import read_volume
-    from flat.data.masks import create_mask_for_mask_type
-    from flat.data.transforms import center_crop
-    from flat.inference import reconstruct_trajectory
-    from flat.metrics import psnr, volume_metrics
-    from flat.recon import prepare_volume, reconstruct_volume
-
     mask_func = create_mask_for_mask_type(data_cfg.mask_type, list(data_cfg.center_fractions),
                                           list(data_cfg.accelerations))
     names = ["zero-filled", "CG-SENSE", *models]
@@ -122,8 +99,6 @@ def evaluate_methods(test_files, models: dict, data_cfg, *, backend=None, progre
 
 def _train_job(cfg, train_files, val_files, run_dir, progress=False) -> dict:
     """One training run (also in a worker process): the summary, without the model object."""
-    from flat.train import train
-
     r = train(cfg, train_files, val_files, run_dir, progress=progress, echo=False)
     return {"elapsed_s": r["elapsed_s"], "global_step": r["global_step"], "history": r["history"]}
 
@@ -144,14 +119,6 @@ def format_table(res: dict) -> str:
 def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, steps: int = DEFAULT_STEPS,
              time_limit_s: float = DEFAULT_TIME_LIMIT_S, preset: str = "demo", overrides: list[str] | None = None, seed: int = 0,
              progress: bool = True, echo: bool = True) -> dict:
-    import torch
-
-    from flat.config import apply_overrides, get_preset
-    from flat.inference import load_model
-    from flat.io import atomic_path
-    from flat.plots import psnr_per_cascade, recon_panel
-    from flat.train import MODEL_FILE
-
     if steps < 1:
         raise ValueError(f"--steps: must be >= 1, got {steps}")
     if not time_limit_s >= 0:
@@ -164,8 +131,6 @@ def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, st
 
     # 1. data
     if data is None:
-        from flat.data.demo import write_demo_dataset
-
         t0 = time.perf_counter()
         if echo:
             print(f"building the demo data set in {out / 'data'} ...", flush=True)
@@ -200,9 +165,6 @@ def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, st
         print(f"training {' and '.join(cfgs)} ({steps} steps or {time_limit_s:g} s each) {how}; "
               f"logs in {out / 'runs'}/*/train.log ...", flush=True)
     if parallel:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
             futures = {name: pool.submit(_train_job, *job) for name, job in jobs.items()}
             results = {name: f.result() for name, f in futures.items()}

@@ -10,6 +10,9 @@ import os
 
 import torch
 
+from flat.config import Config
+from flat.model import FlatModel
+
 CHECKPOINT_KINDS = ("flat-model", "flat-train-state")
 
 
@@ -28,9 +31,6 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def load_model(path: str | os.PathLike, map_location="cpu"):
     """A :class:`flat.model.FlatModel` in eval mode, rebuilt from the config stored in the checkpoint."""
-    from flat.config import Config
-    from flat.model import FlatModel
-
     ckpt = read_checkpoint(path, map_location)
     cfg = Config.from_dict(ckpt["config"])
     model = FlatModel(cfg.model)

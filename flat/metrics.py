@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tqdm import tqdm
+
+from flat.data.fastmri import DataError, _open, list_h5_files
+from flat.data.transforms import center_crop
 
 METRICS = ("NMSE", "PSNR", "SSIM")
 
@@ -40,8 +45,6 @@ def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
 
 def psnr(gt: np.ndarray, pred: np.ndarray, maxval: Optional[float] = None) -> float:
     """Peak signal-to-noise ratio (dB) of the whole volume with ``data_range = maxval``."""
-    from skimage.metrics import peak_signal_noise_ratio
-
     _check(gt, pred)
     if maxval is None:
         maxval = gt.max()
@@ -50,8 +53,6 @@ def psnr(gt: np.ndarray, pred: np.ndarray, maxval: Optional[float] = None) -> fl
 
 def ssim(gt: np.ndarray, pred: np.ndarray, maxval: Optional[float] = None) -> float:
     """Mean over slices of scikit-image's SSIM with ``data_range = maxval``."""
-    from skimage.metrics import structural_similarity
-
     _check(gt, pred, ndim=3)
     maxval = gt.max() if maxval is None else maxval
     total = np.array([0.0])
@@ -71,8 +72,6 @@ def crop_for_eval(target: np.ndarray, recon: np.ndarray):
     A target taller than wide (fastMRI's own files are square) is cropped that way; a target
     wider than tall -- where fastMRI would fail -- is kept whole and the prediction cropped to it.
     """
-    from flat.data.transforms import center_crop
-
     th, tw = target.shape[-2:]
     size = (tw, tw) if th >= tw else (th, tw)
     if recon.shape[-2] < size[0] or recon.shape[-1] < size[1]:
@@ -100,8 +99,6 @@ def evaluate_folders(
     "num_volumes": n}``. Raises ``ValueError`` naming the file on a missing prediction, dataset or
     a shape mismatch.
     """
-    from flat.data.fastmri import DataError, _open, list_h5_files
-
     if data_range not in ("attr", "volume"):
         raise ValueError(f"data_range must be 'attr' or 'volume', got {data_range!r}")
     pred_root, tgt_root = Path(predictions), Path(targets)
@@ -124,8 +121,6 @@ def evaluate_folders(
 
     it = pairs
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(pairs, desc="eval", unit="vol", leave=False)
     volumes = {}
     for p, t in it:

@@ -13,26 +13,27 @@ written whole or not at all. ``zero-filled`` and ``cg-sense`` take ``-`` for CHE
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-METHODS = ("flat", "zero-filled", "cg-sense")
-# = flat.data.masks.MASK_TYPES, repeated so that parsing the command line does not import torch
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction")
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
 
+import flat.ops as fo
+from flat.coils import estimate_sens_acs
+from flat.data.fastmri import DataError, list_h5_files, read_volume, read_volume_info
+from flat.data.masks import apply_mask, create_mask_for_mask_type, num_low_frequencies_from_mask, volume_seed
+from flat.data.transforms import center_crop, output_crop_size, padding_mask
+from flat.io import atomic_path
 
 # ---------------------------------------------------------------- reconstructions (library API)
 def zero_filled(masked_kspace, crop_size=None, *, backend: Optional[str] = None):
     """Zero-filled RSS ``(S, h, w)`` float32: ``rss(|ifft2c(k)|)`` over coils, centre-cropped to
     ``crop_size`` when given (fastMRI's zero-filled baseline). ``masked_kspace``: ``(S, C, H, W)``
     complex."""
-    import torch
-
-    import flat.ops as fo
-    from flat.data.transforms import center_crop
-
     k = torch.as_tensor(masked_kspace)
     if not torch.is_complex(k) or k.ndim != 4:
         raise ValueError(f"masked_kspace: expected complex (S, C, H, W), got {tuple(k.shape)} {k.dtype}")
@@ -40,7 +41,6 @@ def zero_filled(masked_kspace, crop_size=None, *, backend: Optional[str] = None)
     if crop_size is not None:
         img = center_crop(img, crop_size)
     return img.to(torch.float32)
-
 
 def cg_sense(
     masked_kspace,
@@ -70,10 +70,6 @@ def cg_sense(
 
     Returns the complex image ``(B, H, W)`` (magnitude comparable to RSS since ``Σ|S|² = 1``).
     """
-    import torch
-
-    import flat.ops as fo
-
     y = torch.as_tensor(masked_kspace)
     if not torch.is_complex(y) or y.ndim != 4:
         raise ValueError(f"masked_kspace: expected complex (B, C, H, W), got {tuple(y.shape)} {y.dtype}")
@@ -84,8 +80,6 @@ def cg_sense(
     if sens is None:
         if num_low_frequencies is None:
             raise ValueError("cg_sense: pass sens or num_low_frequencies (to estimate maps from ACS lines)")
-        from flat.coils import estimate_sens_acs
-
         # A Tukey taper over the ACS block: less ringing in the maps; on the demo data it was the
         # robust choice (rectangular or Hann lost up to 1 / 5 dB at 64 or 128 columns).
         sens = estimate_sens_acs(y, num_low_frequencies, window="tukey", backend=backend)
@@ -124,12 +118,6 @@ def prepare_volume(kspace, file_mask, info, mask_func):
     """Masked k-space ``(S, C, H, W)`` complex64, column mask ``(W,)`` bool and centre width for a
     volume, exactly as :class:`flat.data.transforms.UnrolledDataTransform` gives for each slice
     (the per-volume seed makes every slice's mask identical)."""
-    import numpy as np
-    import torch
-
-    from flat.data.masks import apply_mask, num_low_frequencies_from_mask, volume_seed
-    from flat.data.transforms import padding_mask
-
     k = torch.from_numpy(np.ascontiguousarray(kspace)).to(torch.complex64)
     S, C, H, W = k.shape
     keep = padding_mask(W, info.padding_left, info.padding_right)
@@ -148,8 +136,6 @@ def prepare_volume(kspace, file_mask, info, mask_func):
 def volume_crop(info, image_shape):
     """Output crop of a volume: the target's shape if the file has one, else the header recon
     size, as fastMRI's VarNet crops (clipped to the image)."""
-    from flat.data.transforms import output_crop_size
-
     if info.target_shape is not None:
         return output_crop_size(info.target_shape[-2:], image_shape)
     return output_crop_size((info.recon_size[0], info.recon_size[1]), image_shape)
@@ -159,10 +145,6 @@ def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backe
                        batch_size=8, cg_iters=20, cg_lam=0.0, progress=None, device="cpu"):
     """``(S, h, w)`` float32 numpy reconstruction of one volume in slice batches (zero-filled and
     CG-SENSE run on ``device``; the FLAT model on whatever device :mod:`flat.inference` chooses)."""
-    import torch
-
-    from flat.data.transforms import center_crop
-
     outs = []
     S = masked.shape[0]
     with torch.no_grad():
@@ -174,7 +156,7 @@ def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backe
                 img = cg_sense(k.to(device), mask.to(device), num_low_frequencies=num_low, iters=cg_iters,
                                lam=cg_lam, backend=backend).abs()
             else:
-                from flat.inference import reconstruct
+                from flat.inference import reconstruct  # see recon_files: the model stack on use
 
                 img = reconstruct(model, k, mask, num_low, backend=backend)
             img = torch.as_tensor(img)
@@ -188,11 +170,6 @@ def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backe
 
 def write_submission(path, recon, attrs=None) -> Path:
     """Write ``reconstruction`` ``(S, h, w)`` float32 to ``path`` atomically."""
-    import h5py
-    import numpy as np
-
-    from flat.io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -202,90 +179,69 @@ def write_submission(path, recon, attrs=None) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="trained model (.pt) for --method flat; '-' for zero-filled / cg-sense")
-    parser.add_argument("data", metavar="DATA", type=Path,
-                        help="fastMRI multicoil .h5 file or folder (fully sampled, or undersampled with a 'mask')")
-    parser.add_argument("out", metavar="OUT", type=Path, help="output folder for the submission files")
-    parser.add_argument("--method", choices=METHODS, default="flat", help="reconstruction method (default: flat)")
-    parser.add_argument("--mask-type", choices=MASK_TYPES, default="equispaced_fraction",
-                        help="fastMRI mask for fully sampled input (default: equispaced_fraction)")
-    parser.add_argument("--accelerations", type=int, nargs="+", default=[4], metavar="R",
-                        help="acceleration(s) (default: 4)")
-    parser.add_argument("--center-fractions", type=float, nargs="+", default=[0.08], metavar="F",
-                        help="fully sampled centre fraction(s), one per acceleration (default: 0.08)")
-    parser.add_argument("--backend", default=None,
-                        help="flat.ops backend: reference, triton, cupy or auto (default: FLAT_BACKEND or auto)")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per batch (default: 8)")
-    parser.add_argument("--cg-iters", type=int, default=20, help="CG-SENSE iterations (default: 20)")
-    parser.add_argument("--cg-lam", type=float, default=0.0, help="CG-SENSE Tikhonov weight (default: 0)")
-    parser.add_argument("--device", default="cpu",
-                        help="device for zero-filled / cg-sense, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    from flat.data.fastmri import DataError, list_h5_files, read_volume, read_volume_info
-    from flat.data.masks import create_mask_for_mask_type
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.cg_iters < 0 or args.cg_lam < 0:
+# ---------------------------------------------------------------- files in, files out
+def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
+                mask_type: str = "equispaced_fraction", accelerations: Sequence[int] = (4,),
+                center_fractions: Sequence[float] = (0.08,), backend: Optional[str] = None,
+                batch_size: int = 8, cg_iters: int = 20, cg_lam: float = 0.0, device: str = "cpu",
+                progress: bool = True) -> list[Path]:
+    """``flat recon``: reconstruct every volume of ``data`` (a file or folder) with ``method`` into
+    one submission file per volume in ``out``; returns the paths written. Every input is checked
+    before anything is written, so a bad file in a folder leaves no output. Errors name the flag
+    of ``flat recon`` they come from."""
+    data, out = Path(data), Path(out)
+    accelerations, center_fractions = list(accelerations), list(center_fractions)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if cg_iters < 0 or cg_lam < 0:
         raise ValueError("--cg-iters and --cg-lam must be >= 0")
-    if len(args.accelerations) != len(args.center_fractions):
+    if len(accelerations) != len(center_fractions):
         raise ValueError(
-            f"--accelerations ({len(args.accelerations)} values) and --center-fractions "
-            f"({len(args.center_fractions)} values) must have the same length"
+            f"--accelerations ({len(accelerations)} values) and --center-fractions "
+            f"({len(center_fractions)} values) must have the same length"
         )
-    mask_func = create_mask_for_mask_type(args.mask_type, args.center_fractions, args.accelerations)
-    if args.device != "cpu":
-        import torch
-
+    mask_func = create_mask_for_mask_type(mask_type, center_fractions, accelerations)
+    if device != "cpu":
         try:
-            dev = torch.device(args.device)
+            dev = torch.device(device)
         except RuntimeError as exc:
-            raise ValueError(f"--device {args.device!r}: {exc}") from None
+            raise ValueError(f"--device {device!r}: {exc}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
-    if args.backend is not None:
-        import flat.ops as fo
-
-        if args.backend not in fo.available_backends() and args.backend != "auto":
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if backend is not None:
+        if backend not in fo.available_backends() and backend != "auto":
             raise ValueError(
-                f"--backend {args.backend!r} is not available here (available: {', '.join(fo.available_backends())})"
+                f"--backend {backend!r} is not available here (available: {', '.join(fo.available_backends())})"
             )
 
-    # Check every input before writing anything, so a bad file in a folder leaves no output.
-    if not args.data.exists():
-        raise DataError(f"{args.data}: no such file or folder (DATA)")
-    files = list_h5_files(args.data)
+    if not data.exists():
+        raise DataError(f"{data}: no such file or folder (DATA)")
+    files = list_h5_files(data)
     infos = [read_volume_info(f) for f in files]
-    if args.out.exists() and not args.out.is_dir():
-        raise DataError(f"{args.out}: exists and is not a folder (OUT)")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder (OUT)")
     for info in infos:
-        if args.out.resolve() / info.fname == info.path.resolve():
+        if out.resolve() / info.fname == info.path.resolve():
             raise DataError(f"{info.path}: OUT would overwrite the input file")
 
     model = None
-    if args.method == "flat":
-        if args.checkpoint == "-":
+    if method == "flat":
+        if checkpoint == "-":
             raise ValueError("--method flat needs a CHECKPOINT (got '-')")
-        if not Path(args.checkpoint).is_file():
-            raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file (CHECKPOINT)")
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"{checkpoint}: no such checkpoint file (CHECKPOINT)")
+        # The model stack (flat.inference, flat.model) is imported only for --method flat, on use:
+        # zero-filled and CG-SENSE need none of it, and tests substitute the inference module.
         from flat.inference import load_model
 
-        model = load_model(args.checkpoint, map_location="cpu")
-    elif args.checkpoint != "-":
-        print(f"flat recon: note: --method {args.method} uses no checkpoint; ignoring {args.checkpoint}",
+        model = load_model(checkpoint, map_location="cpu")
+    elif checkpoint != "-":
+        print(f"flat recon: note: --method {method} uses no checkpoint; ignoring {checkpoint}",
               file=sys.stderr)
 
-    from tqdm import tqdm
-
     total = sum(i.num_slices for i in infos)
-    bar = tqdm(total=total, desc=f"recon {args.method}", unit="slice", file=sys.stderr,
-               disable=args.no_progress or None, leave=False)
+    bar = tqdm(total=total, desc=f"recon {method}", unit="slice", file=sys.stderr,
+               disable=not progress or None, leave=False)
     written = []
     try:
         for info in infos:
@@ -293,12 +249,10 @@ def run(args: argparse.Namespace) -> int:
             masked, mask, num_low = prepare_volume(kspace, file_mask, info, mask_func)
             crop = volume_crop(info, masked.shape)
             recon = reconstruct_volume(
-                args.method, masked, mask, num_low, crop, model=model, backend=args.backend,
-                batch_size=args.batch_size, cg_iters=args.cg_iters, cg_lam=args.cg_lam, progress=bar,
-                device=args.device,
+                method, masked, mask, num_low, crop, model=model, backend=backend,
+                batch_size=batch_size, cg_iters=cg_iters, cg_lam=cg_lam, progress=bar, device=device,
             )
-            written.append(write_submission(args.out / info.fname, recon, {"method": args.method}))
+            written.append(write_submission(out / info.fname, recon, {"method": method}))
     finally:
         bar.close()
-    print(f"flat recon: wrote {len(written)} file(s) to {args.out}", file=sys.stderr)
-    return 0
+    return written

@@ -18,30 +18,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import flat.ops as fo
+from flat.data.fastmri import SliceDataset
+from flat.data.masks import apply_mask, create_mask_for_mask_type
+from flat.data.transforms import UnrolledDataTransform, center_crop
+from flat.flow.loss import flat_loss
+from flat.inference import read_checkpoint
+from flat.io import atomic_path
+from flat.metrics import psnr, volume_metrics
+from flat.model import FlatModel
+
 STATE_FILE = "last.pt"
 MODEL_FILE = "model.pt"
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--train", required=True, help="folder (or file) of fully sampled fastMRI training data")
-    parser.add_argument("--val", required=True, help="folder (or file) of fully sampled fastMRI validation data")
-    parser.add_argument("--out", required=True, help="output folder; an existing run there is resumed")
-    parser.add_argument("--config", default=None, help="JSON file with model/data/train sections (partial ok)")
-    parser.add_argument("--preset", default="default", help="base preset: default, demo, demo-vanilla, tiny")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set model.cascades=8 (repeatable)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--backend", default=None, help="flat.ops backend: reference, triton, cupy, auto")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args) -> int:
-    from flat.config import load_config
-
-    cfg = load_config(args.config, args.overrides, preset=args.preset)
-    train(cfg, args.train, args.val, args.out, device=args.device, backend=args.backend,
-          progress=not args.no_progress)
-    return 0
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -62,9 +55,6 @@ class TrainSlices:
     """
 
     def __init__(self, root, data_cfg, seed: int):
-        from flat.data.fastmri import SliceDataset
-        from flat.data.masks import create_mask_for_mask_type
-
         self.raw = SliceDataset(root, transform=None, require_target=True)
         self.mask_func = create_mask_for_mask_type(
             data_cfg.mask_type, list(data_cfg.center_fractions), list(data_cfg.accelerations))
@@ -80,12 +70,6 @@ class TrainSlices:
         return self.n
 
     def __getitem__(self, i: int) -> dict:
-        import numpy as np
-        import torch
-
-        import flat.ops as fo
-        from flat.data.masks import apply_mask
-
         kspace, _, target, attrs, fname, slice_num = self.raw[i]
         k = torch.as_tensor(np.ascontiguousarray(kspace)).to(torch.complex64)  # (C, H, W)
         tgt = torch.as_tensor(np.asarray(target, dtype=np.float32))  # (h, w)
@@ -113,8 +97,6 @@ class TrainSlices:
 
 
 def collate(samples: list[dict]) -> dict:
-    import torch
-
     out = {}
     for key in samples[0]:
         vals = [s[key] for s in samples]
@@ -134,8 +116,6 @@ def collate(samples: list[dict]) -> dict:
 def epoch_order(n: int, seed: int, epoch: int, world: int, rank: int, batch_size: int) -> list[int]:
     """This rank's sample indices for an epoch: one seeded permutation, trimmed to a whole number of
     global batches (every rank takes the same number of steps), dealt out round-robin."""
-    import torch
-
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_int(seed, epoch, 7))).tolist()
     per_step = world * batch_size
     usable = (n // per_step) * per_step
@@ -149,15 +129,6 @@ def epoch_order(n: int, seed: int, epoch: int, world: int, rank: int, batch_size
 def validate(model, val_root, data_cfg, *, backend=None, progress=False, max_slices: int = 0) -> dict:
     """fastMRI metrics (NMSE, PSNR, SSIM per volume, averaged over volumes) of the final output, and
     the PSNR of every intermediate state x_0 … x_K (the trajectory of the flow)."""
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    from flat.data.fastmri import SliceDataset
-    from flat.data.masks import create_mask_for_mask_type
-    from flat.data.transforms import UnrolledDataTransform, center_crop
-    from flat.metrics import psnr, volume_metrics
-
     mask_func = create_mask_for_mask_type(data_cfg.mask_type, list(data_cfg.center_fractions),
                                           list(data_cfg.accelerations))
     ds = SliceDataset(val_root, transform=UnrolledDataTransform(mask_func, use_seed=True), require_target=True)
@@ -213,9 +184,6 @@ def _shared_elapsed(elapsed: float, distributed: bool) -> float:
     """Rank 0's clock, so that every rank uses the same LR and stops at the same step."""
     if not distributed:
         return elapsed
-    import torch
-    import torch.distributed as dist
-
     t = torch.tensor([elapsed], dtype=torch.float64)
     dist.broadcast(t, 0)
     return float(t.item())
@@ -238,8 +206,6 @@ class _Log:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
         if self.echo:
-            from tqdm import tqdm
-
             tqdm.write(line, file=sys.stdout)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -261,10 +227,6 @@ def _identity(cfg_dict) -> dict | None:
 
 def save_model(path, model, cfg, meta: dict | None = None) -> None:
     """Write a ``flat-model`` checkpoint atomically (config + weights + metadata)."""
-    import torch
-
-    from flat.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"kind": "flat-model", "version": 1, "config": cfg.to_dict(),
                     "model": model.state_dict(), "meta": meta or {}}, tmp)
@@ -277,9 +239,6 @@ def train(cfg, train_root, val_root, out_dir, *, device=None, backend=None, prog
     ``_stop_after_steps`` (tests) raises :class:`KeyboardInterrupt` after that many optimiser steps
     *in this call*, without checkpointing, like a kill.
     """
-    import torch
-    import torch.distributed as dist
-
     cfg.validate()
     tc = cfg.train
     world, rank, local = _dist_info()
@@ -303,14 +262,6 @@ def train(cfg, train_root, val_root, out_dir, *, device=None, backend=None, prog
 
 def _train(cfg, train_root, val_root, out_dir, device, backend, progress, echo, _stop_after_steps,
            world, rank, distributed, threads) -> dict:
-    import torch
-    import torch.distributed as dist
-    from tqdm import tqdm
-
-    from flat.flow.loss import flat_loss
-    from flat.inference import read_checkpoint
-    from flat.io import atomic_path
-    from flat.model import FlatModel
 
     tc = cfg.train
 

@@ -246,15 +246,15 @@ def test_failure_midway_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
 def test_cli_modules_import_light():
     import subprocess
 
-    code = ("import sys, flat.recon, flat.evaluate, flat.data.cli, argparse; "
+    code = ("import sys, flat.cli.recon, flat.cli.eval, flat.cli.data, argparse; "
             "p = argparse.ArgumentParser(); [m.add_arguments(argparse.ArgumentParser()) "
-            "for m in (flat.recon, flat.evaluate, flat.data.cli)]; "
+            "for m in (flat.cli.recon, flat.cli.eval, flat.cli.data)]; "
             "print(sorted(m for m in ('torch', 'numpy', 'h5py', 'skimage') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=__import__("pathlib").Path(__file__).resolve().parents[1]).stdout.strip()
     assert out == "[]"
     from flat.data.masks import MASK_TYPES
-    from flat.recon import MASK_TYPES as CLI_MASK_TYPES
+    from flat.cli.recon import MASK_TYPES as CLI_MASK_TYPES
 
     assert MASK_TYPES == CLI_MASK_TYPES
 

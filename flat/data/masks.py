@@ -19,9 +19,9 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-Seed = Optional[Union[int, Tuple[int, ...]]]
+from flat.config import MASK_TYPES  # one list of the mask types, in the config schema
 
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction")
+Seed = Optional[Union[int, Tuple[int, ...]]]
 
 
 def volume_seed(fname: str) -> Tuple[int, ...]:

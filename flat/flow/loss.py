@@ -15,15 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-
-def center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Crop the last two dims to ``shape`` around the centre (fastMRI's convention)."""
-    h, w = int(shape[0]), int(shape[1])
-    H, W = x.shape[-2:]
-    if h > H or w > W:
-        raise ValueError(f"shape: crop {(h, w)} is larger than the image {(H, W)}")
-    top, left = (H - h) // 2, (W - w) // 2
-    return x[..., top:top + h, left:left + w]
+from flat.data.transforms import center_crop
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: torch.Tensor, win_size: int = 7,

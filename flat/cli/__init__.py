@@ -1,7 +1,9 @@
 """The ``flat`` command line.
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``; this file only wires them together and turns errors into one line.
+Each subcommand is a small module of this package exposing ``add_arguments(parser)`` and
+``run(args) -> int``; ``run`` imports its library module (torch and all) only when the command
+runs, so building the parser -- and ``flat --help`` -- stays light. This file wires the commands
+together and turns errors into one line.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("flat.demo", "build demo data, train FLAT and the vanilla baseline, compare (CPU, minutes)"),
-    "train": ("flat.train", "train a model on fastMRI-format data (also under torchrun)"),
-    "recon": ("flat.recon", "reconstruct fastMRI files into submission files"),
-    "eval": ("flat.evaluate", "fastMRI metrics (NMSE, PSNR, SSIM) of predictions against targets"),
-    "data": ("flat.data.cli", "data utilities (`flat data demo OUT`)"),
+    "demo": ("flat.cli.demo", "build demo data, train FLAT and the vanilla baseline, compare (CPU, minutes)"),
+    "train": ("flat.cli.train", "train a model on fastMRI-format data (also under torchrun)"),
+    "recon": ("flat.cli.recon", "reconstruct fastMRI files into submission files"),
+    "eval": ("flat.cli.eval", "fastMRI metrics (NMSE, PSNR, SSIM) of predictions against targets"),
+    "data": ("flat.cli.data", "data utilities (`flat data demo OUT`)"),
 }
 
 

@@ -1,4 +1,5 @@
-"""``flat data ...``: data utilities. ``flat data demo OUT`` writes the demo data set."""
+"""``flat data ...``: data utilities. ``flat data demo OUT`` writes the demo data set
+(:func:`flat.data.demo.write_demo_dataset`)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "demo":
-        from flat.data.demo import write_demo_dataset
+        from flat.data.demo import write_demo_dataset  # the library, on use: keeps the parser light
 
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"{args.out}: exists and is not a folder (OUT)")

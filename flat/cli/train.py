@@ -1,0 +1,27 @@
+"""``flat train --train DIR --val DIR --out DIR [--config FILE] [--set key=value ...]``
+(also under ``torchrun -m flat train``): :func:`flat.train.train` on a config built from a preset,
+an optional JSON file and overrides."""
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--train", required=True, help="folder (or file) of fully sampled fastMRI training data")
+    parser.add_argument("--val", required=True, help="folder (or file) of fully sampled fastMRI validation data")
+    parser.add_argument("--out", required=True, help="output folder; an existing run there is resumed")
+    parser.add_argument("--config", default=None, help="JSON file with model/data/train sections (partial ok)")
+    parser.add_argument("--preset", default="default", help="base preset: default, demo, demo-vanilla, tiny")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set model.cascades=8 (repeatable)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--backend", default=None, help="flat.ops backend: reference, triton, cupy, auto")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from flat.config import load_config
+    from flat.train import train  # the library, on use: keeps the parser light
+
+    cfg = load_config(args.config, args.overrides, preset=args.preset)
+    train(cfg, args.train, args.val, args.out, device=args.device, backend=args.backend,
+          progress=not args.no_progress)
+    return 0
