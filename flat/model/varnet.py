@@ -370,41 +370,60 @@ def load_fastmri_varnet(path_or_state_dict, *, mask_center: bool = True, map_loc
     return model.eval()
 
 
-def flat_from_varnet(path_or_state_dict, mode: str = "flat", *, time_dim: int = 32, **model_keys):
-    """A :class:`flat.model.FlatModel` that starts as the given VarNet and computes exactly it.
+def varnet_model_config(path_or_state_dict, mode: str | None = None, base=None, **model_keys):
+    """The :class:`flat.config.ModelConfig` of a FLAT (or vanilla) model that starts as the given
+    VarNet: ``unet=fastmri``, ``state=kspace``, ``sens=learned`` and the VarNet's sizes, the other
+    fields from ``base`` (default: the default config; its ``mode`` unless ``mode`` is given) and
+    ``model_keys``. The DC weights η_k go onto the schedule: the vanilla baseline keeps them as its
+    free weights (see :func:`load_varnet_weights`); FLAT gets the time grid
+    ``t_k = Σ_{j<k} η_j / Σ η`` and σ = 1/√(Σ η), so its derived per-step weight Δt_k/σ² is η_k
+    (this needs 0 < η_k < 2, the explicit-Euler stability range)."""
+    import dataclasses
 
-    The FLAT model is built with ``unet=fastmri``, ``state=kspace``, ``sens=learned`` and the
-    VarNet's sizes; the cascade U-Nets and the sensitivity U-Net take the VarNet's weights, the
-    time conditioning (``mode="flat"``) starts at zero FiLM, so t is ignored until trained.
-    The DC weights η_k go onto the schedule: ``mode="vanilla"`` keeps them as its free weights;
-    ``mode="flat"`` sets the time grid to ``t_k = Σ_{j<k} η_j / Σ η`` and σ = 1/√(Σ η), so that the
-    derived per-step weight Δt_k/σ² is η_k (this needs 0 < η_k < 2, the Euler stability range).
-    ``model_keys``: other :class:`flat.config.ModelConfig` fields (e.g. ``scale_quantile``)."""
     from flat.config import ModelConfig
-    from flat.model.flat import FlatModel
 
     sd = _state_dict(path_or_state_dict)
     sizes = varnet_sizes(sd)
+    base = base if base is not None else ModelConfig()
+    mode = mode or base.mode
     K = sizes["num_cascades"]
     eta = torch.stack([sd[f"cascades.{k}.dc_weight"].reshape(()).double() for k in range(K)])
     cfg = dict(mode=mode, cascades=K, chans=sizes["chans"], pools=sizes["pools"], unet="fastmri",
-               state="kspace", sens="learned", sens_chans=sizes["sens_chans"], sens_pools=sizes["sens_pools"])
+               state="kspace", sens="learned", sens_chans=sizes["sens_chans"], sens_pools=sizes["sens_pools"],
+               shared_weights=False, cond_x0=False, velocity_gain=0.0, time_grid=())
     if mode == "flat":
-        bad = [(k, float(e)) for k, e in enumerate(eta) if not 0 < float(e) < 2]
+        bad = [(k, round(float(e), 6)) for k, e in enumerate(eta) if not 0 < float(e) < 2]
         if bad:
             raise ValueError(f"varnet: DC weights η_k = {bad} (cascade, value) are outside (0, 2); FLAT's "
                              f"derived per-step weight Δt_k/σ² must lie there — start mode='vanilla' instead")
         total = float(eta.sum())
         grid = torch.cat([eta.new_zeros(1), eta.cumsum(0) / total])
         grid[-1] = 1.0
-        cfg.update(time_dim=time_dim, time_grid=tuple(float(t) for t in grid), sigma=total ** -0.5,
-                   schedule="power", alpha=0.0)
-    elif mode == "vanilla":
-        cfg.update(vanilla_dc_init=1.0)
-    else:
+        cfg.update(time_grid=tuple(float(t) for t in grid), sigma=total ** -0.5)
+    elif mode != "vanilla":
         raise ValueError(f"mode: expected 'flat' or 'vanilla', got {mode!r}")
     cfg.update(model_keys)
-    model = FlatModel(ModelConfig(**cfg))
+    out = dataclasses.replace(base, **cfg)
+    out.validate()
+    return out
+
+
+def load_varnet_weights(model, path_or_state_dict):
+    """Copy a fastMRI VarNet state dict into a FLAT model built from :func:`varnet_model_config`:
+    cascade k's U-Net -> ``nets.k``, the sensitivity U-Net as it is, the DC weights to the vanilla
+    baseline's ``dc_weight`` (FLAT has them in its grid already). Time-conditioning parameters
+    (FiLM, the time MLP) keep their initialisation; FiLM starts at zero, so the model computes
+    exactly the VarNet. Returns the model."""
+    sd = _state_dict(path_or_state_dict)
+    cfg = model.cfg
+    K = varnet_sizes(sd)["num_cascades"]
+    if cfg.unet != "fastmri" or cfg.cascades != K:
+        raise ValueError(f"varnet: the FLAT model must be built with varnet_model_config (model.unet=fastmri, "
+                         f"{K} cascades); got unet={cfg.unet}, cascades={cfg.cascades}")
+    eta = torch.stack([sd[f"cascades.{k}.dc_weight"].reshape(()) for k in range(K)])
+    if cfg.mode == "flat" and not torch.allclose(torch.tensor(cfg.dc_weights(), dtype=torch.float64), eta.double(), rtol=1e-6):
+        raise ValueError("varnet: the FLAT model's DC weights Δt_k/σ² are not this VarNet's; build its config "
+                         "with varnet_model_config from the same weights")
     mapped = {}
     for key, value in sd.items():
         if key.startswith("cascades.") and key.endswith(".dc_weight"):
@@ -416,10 +435,45 @@ def flat_from_varnet(path_or_state_dict, mode: str = "flat", *, time_dim: int = 
             mapped[f"nets.{k}.{rest[len('model.'):]}"] = value
         else:
             mapped[key] = value
-    if mode == "vanilla":
+    if cfg.mode == "vanilla":
         mapped["dc_weight"] = eta.to(model.dc_weight.dtype)
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     new = [k for k in missing if ".film." not in k and ".t_mlp." not in k]
     if new or unexpected:
         raise ValueError(f"varnet: weights do not map onto the FLAT model: missing {new[:4]}, unexpected {unexpected[:4]}")
     return model
+
+
+def flat_from_varnet(path_or_state_dict, mode: str = "flat", **model_keys):
+    """A :class:`flat.model.FlatModel` (``mode="flat"``, or the vanilla baseline) that starts as
+    the given VarNet and computes exactly it: :func:`varnet_model_config` then
+    :func:`load_varnet_weights`. ``model_keys``: other ModelConfig fields (e.g. ``time_dim``)."""
+    from flat.model.flat import FlatModel
+
+    sd = _state_dict(path_or_state_dict)
+    return load_varnet_weights(FlatModel(varnet_model_config(sd, mode, **model_keys)), sd)
+
+
+@torch.no_grad()
+def reconstruct_varnet(model: VarNet, masked_kspace: torch.Tensor, mask: torch.Tensor,
+                       num_low_frequencies=None, *, backend: str | None = None,
+                       batch_size: int = 4) -> torch.Tensor:
+    """One volume through a :class:`VarNet`, as fastMRI's pretrained-VarNet inference runs it:
+    masked k-space (S, C, H, W) complex, mask (W,) (or any shape :class:`VarNet` takes),
+    ``num_low_frequencies`` None (inferred from the mask: fastMRI's run on test files) or the mask
+    function's centre width -> RSS images (S, H, W) float32 on the CPU, not cropped. Slices are
+    independent in the VarNet, so batching them changes nothing but speed."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    k, _ = complex_kspace(masked_kspace)
+    device = next(model.parameters()).device
+    dtype = torch.complex128 if next(model.parameters()).dtype == torch.float64 else torch.complex64
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model(k[s:s + batch_size].to(device=device, dtype=dtype), mask.to(device), num_low_frequencies,
+                      backend=backend).float().cpu()
+                for s in range(0, k.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs)
