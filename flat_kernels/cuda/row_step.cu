@@ -91,63 +91,159 @@ __device__ __forceinline__ C frow_tw(const C* tw, int m, int inverse) {
     return w;
 }
 
-// Radix of the next Stockham stage for the remaining length n > 1 (block-uniform).
+// Radix of the next Stockham stage for the remaining length n > 1 (block-uniform): the odd prime
+// factors first, smallest first (an odd radix at Ns = 1 writes with an odd stride: no shared-memory
+// bank conflicts), then the power of two in radix-16 stages and one 8, 4 or 2.
 __device__ __forceinline__ int flat_row_next_radix(int n) {
-    if (n % 4 == 0) return 4;
-    if (n % 2 == 0) return 2;
-    for (int p = 3; p * p <= n; p += 2)
-        if (n % p == 0) return p;
-    return n;  // n is prime
-}
-
-// One input of a Stockham stage: in[idx], times the mask weight (first inverse stage only), times
-// the pre-twiddle ω^(m) (m = r·k·N/(Ns·R) < N).
-template <typename T, typename C>
-__device__ __forceinline__ C frow_stage_in(const C* in, const T* ms, int idx, const C* tw, int m, int inverse) {
-    C a = in[idx];
-    if (ms) {
-        const T w = ms[idx];
-        if (w == (T)0) {
-            a.x = (T)0;
-            a.y = (T)0;
-        } else {
-            a.x *= w;
-            a.y *= w;
-        }
+    int m = n;
+    while (m % 2 == 0) m /= 2;
+    if (m > 1) {
+        for (int p = 3; p * p <= m; p += 2)
+            if (m % p == 0) return p;
+        return m;  // prime
     }
-    if (m != 0) a = frow_mul(a, frow_tw(tw, m, inverse));
-    return a;
+    return n >= 16 ? 16 : n;
 }
 
-// Butterflies: DFT_R of v (forward: kernel ω_R^{+qr} with ω_R = exp(−2πi/R); inverse: conj),
-// outputs stored at out[base + r·Ns].
+__device__ __forceinline__ bool flat_row_has_butterfly(int r) {
+    return r == 2 || r == 3 || r == 4 || r == 5 || r == 7 || r == 8 || r == 11 || r == 13 || r == 16 ||
+           r == 17 || r == 19 || r == 23;
+}
+
+// Where the inputs of a stage come from (block-uniform):
+//   FROW_IN_SMEM   in[row·N + i]                        (shared memory)
+//   FROW_IN_COILS  S[row, i]·xs[i] from global memory, S also kept in Ss (first forward stage)
+//   FROW_IN_MASK   in[row·N + i]·ms[i]                  (first inverse stage; masked entries +0)
+enum { FROW_IN_SMEM = 0, FROW_IN_COILS = 1, FROW_IN_MASK = 2 };
+
+template <typename T>
+struct frow_input {
+    typedef typename frow_complex<T>::type C;
+    int mode;
+    const C* in;        // SMEM, MASK
+    const T* ms;        // MASK
+    const C* sg;        // COILS: S[b, c0, h, 0]; row stride sstride
+    long long sstride;
+    const C* xs;        // COILS
+    C* ss;              // COILS
+    __device__ __forceinline__ C load(int row, int i, int N) const {
+        if (mode == FROW_IN_COILS) {
+            const C s = sg[row * sstride + i];
+            ss[row * N + i] = s;
+            return frow_mul(s, xs[i]);
+        }
+        C a = in[row * N + i];
+        if (mode == FROW_IN_MASK) {
+            const T w = ms[i];
+            a.x = w == (T)0 ? (T)0 : a.x * w;
+            a.y = w == (T)0 ? (T)0 : a.y * w;
+        }
+        return a;
+    }
+};
+
+template <typename C>
+__device__ __forceinline__ void frow_dft2(C& a, C& b) {
+    const C t = a;
+    a = frow_add(t, b);
+    b = frow_sub(t, b);
+}
+
+// In place: (a0, a1, a2, a3) <- DFT_4 (forward kernel exp(−2πi/4) = −i; inverse conj).
+template <typename C>
+__device__ __forceinline__ void frow_dft4(C& a0, C& a1, C& a2, C& a3, int inverse) {
+    const C s0 = frow_add(a0, a2), d0 = frow_sub(a0, a2);
+    const C s1 = frow_add(a1, a3), d1 = frow_rot(frow_sub(a1, a3), inverse ? 1 : -1);
+    a0 = frow_add(s0, s1);
+    a1 = frow_add(d0, d1);
+    a2 = frow_sub(s0, s1);
+    a3 = frow_sub(d0, d1);
+}
+
+// a·exp(∓2πi·m/16) (forward: −), m a compile-time constant after unrolling.
+template <typename T, typename C>
+__device__ __forceinline__ C frow_w16(C a, int m, int inverse) {
+    const T c1 = (T)0.92387953251128675613, s1 = (T)0.38268343236508977173, h = (T)0.70710678118654752440;
+    T c, s;  // exp(−2πi·m/16) = c − i·s
+    switch (m) {
+        case 1: c = c1; s = s1; break;
+        case 2: c = h; s = h; break;
+        case 3: c = s1; s = c1; break;
+        case 4: c = 0; s = 1; break;
+        case 6: c = -h; s = h; break;
+        case 9: c = -c1; s = -s1; break;
+        default: return a;  // m == 0
+    }
+    if (inverse) s = -s;
+    C z;
+    z.x = a.x * c + a.y * s;
+    z.y = a.y * c - a.x * s;
+    return z;
+}
+
+// Butterflies: y = DFT_R(v) (forward kernel exp(−2πi/R); inverse conj), y_r stored at out[base + r·Ns].
 template <typename T, typename C, int R>
 struct frow_bfly;
 
 template <typename T, typename C>
 struct frow_bfly<T, C, 2> {
     __device__ __forceinline__ static void run(C (&v)[2], C* out, int base, int Ns, const C*, int, int) {
-        out[base] = frow_add(v[0], v[1]);
-        out[base + Ns] = frow_sub(v[0], v[1]);
+        frow_dft2(v[0], v[1]);
+        out[base] = v[0];
+        out[base + Ns] = v[1];
     }
 };
 
 template <typename T, typename C>
 struct frow_bfly<T, C, 4> {
     __device__ __forceinline__ static void run(C (&v)[4], C* out, int base, int Ns, const C*, int, int inverse) {
-        const C a0 = frow_add(v[0], v[2]), a1 = frow_sub(v[0], v[2]);
-        const C a2 = frow_add(v[1], v[3]), a3 = frow_rot(frow_sub(v[1], v[3]), inverse ? 1 : -1);
-        out[base] = frow_add(a0, a2);
-        out[base + Ns] = frow_add(a1, a3);          // forward: a1 − i·(v1 − v3)
-        out[base + 2 * Ns] = frow_sub(a0, a2);
-        out[base + 3 * Ns] = frow_sub(a1, a3);
+        frow_dft4(v[0], v[1], v[2], v[3], inverse);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) out[base + r * Ns] = v[r];
+    }
+};
+
+// 8 = 4·2: r = 2·r1 + r0, k = k0 + 4·k1:  y_k = Σ_r0 ω2^{r0·k1}·ω8^{r0·k0}·[Σ_r1 ω4^{r1·k0}·v_{2·r1+r0}]
+template <typename T, typename C>
+struct frow_bfly<T, C, 8> {
+    __device__ __forceinline__ static void run(C (&v)[8], C* out, int base, int Ns, const C*, int, int inverse) {
+#pragma unroll
+        for (int r0 = 0; r0 < 2; ++r0) frow_dft4(v[r0], v[r0 + 2], v[r0 + 4], v[r0 + 6], inverse);
+#pragma unroll
+        for (int k0 = 1; k0 < 4; ++k0) v[1 + 2 * k0] = frow_w16<T>(v[1 + 2 * k0], 2 * k0, inverse);
+#pragma unroll
+        for (int k0 = 0; k0 < 4; ++k0) {
+            frow_dft2(v[2 * k0], v[2 * k0 + 1]);
+            out[base + k0 * Ns] = v[2 * k0];
+            out[base + (k0 + 4) * Ns] = v[2 * k0 + 1];
+        }
+    }
+};
+
+// 16 = 4·4: r = 4·r1 + r0, k = k0 + 4·k1:  y_k = Σ_r0 ω4^{r0·k1}·ω16^{r0·k0}·[Σ_r1 ω4^{r1·k0}·v_{4·r1+r0}]
+template <typename T, typename C>
+struct frow_bfly<T, C, 16> {
+    __device__ __forceinline__ static void run(C (&v)[16], C* out, int base, int Ns, const C*, int, int inverse) {
+#pragma unroll
+        for (int r0 = 0; r0 < 4; ++r0) frow_dft4(v[r0], v[r0 + 4], v[r0 + 8], v[r0 + 12], inverse);
+#pragma unroll
+        for (int r0 = 1; r0 < 4; ++r0)
+#pragma unroll
+            for (int k0 = 1; k0 < 4; ++k0) v[r0 + 4 * k0] = frow_w16<T>(v[r0 + 4 * k0], r0 * k0, inverse);
+#pragma unroll
+        for (int k0 = 0; k0 < 4; ++k0) {
+            frow_dft4(v[4 * k0], v[4 * k0 + 1], v[4 * k0 + 2], v[4 * k0 + 3], inverse);
+#pragma unroll
+            for (int k1 = 0; k1 < 4; ++k1) out[base + (k0 + 4 * k1) * Ns] = v[4 * k0 + k1];
+        }
     }
 };
 
 // Odd prime P: with s_j = v_j + v_{P−j}, d_j = v_j − v_{P−j} (j = 1…H, H = (P−1)/2),
 //   y_k = A_k + i·B_k,  y_{P−k} = A_k − i·B_k,  A_k = v_0 + Σ_j s_j cos(2πjk/P),  B_k = Σ_j d_j σ sin(2πjk/P)
 // (σ = −1 forward, +1 inverse): about half the multiplies of a plain P-point DFT, all indices
-// compile-time constants after unrolling, so v stays in registers.
+// compile-time constants after unrolling, so v stays in registers. cos/sin come from the table
+// (the same address for every thread: broadcast reads).
 template <typename T, typename C, int P>
 struct frow_bfly {
     __device__ __forceinline__ static void run(C (&v)[P], C* out, int base, int Ns, const C* tw, int N, int inverse) {
@@ -191,11 +287,12 @@ struct frow_bfly {
     }
 };
 
-// Stage with an explicit butterfly: one thread per butterfly, nb rows of length N.
+// Stage with an explicit butterfly: one thread per butterfly, nb rows of length N. The pre-twiddles
+// ω^{r·k·N/(Ns·R)} are powers of one table value w1 = ω^{k·N/(Ns·R)}: one table read per butterfly,
+// w_r = w_{r−1}·w1 (rounding grows like r·eps: ≤ 23 steps).
 template <typename T, int R>
-__device__ void frow_stage(const typename frow_complex<T>::type* src, typename frow_complex<T>::type* dst,
-                           const typename frow_complex<T>::type* tw, const T* ms, int N, int Ns, int nb,
-                           int inverse) {
+__device__ void frow_stage(const frow_input<T> src, typename frow_complex<T>::type* dst,
+                           const typename frow_complex<T>::type* tw, int N, int Ns, int nb, int inverse) {
     typedef typename frow_complex<T>::type C;
     const int L = N / R;
     const int tstep = N / (Ns * R);
@@ -203,10 +300,20 @@ __device__ void frow_stage(const typename frow_complex<T>::type* src, typename f
         const int row = e / L;
         const int j = e - row * L;
         const int k = j % Ns;
-        const C* in = src + row * N;
         C v[R];
+        if (Ns == 1) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) v[r] = frow_stage_in(in, ms, j + r * L, tw, r * k * tstep, inverse);
+            for (int r = 0; r < R; ++r) v[r] = src.load(row, j + r * L, N);
+        } else {
+            const C w1 = frow_tw(tw, k * tstep, inverse);
+            C w = w1;
+            v[0] = src.load(row, j, N);
+#pragma unroll
+            for (int r = 1; r < R; ++r) {
+                v[r] = frow_mul(src.load(row, j + r * L, N), w);
+                if (r + 1 < R) w = frow_mul(w, w1);
+            }
+        }
         frow_bfly<T, C, R>::run(v, dst + row * N, (j - k) * R + k, Ns, tw, N, inverse);
     }
 }
@@ -215,9 +322,9 @@ __device__ void frow_stage(const typename frow_complex<T>::type* src, typename f
 //   out[(j−k)·R + k + r·Ns] = Σ_q in[j + q·L]·ω^{q·(k + r·Ns)·N/(Ns·R)}
 // (pre-twiddle and DFT kernel in one table index, advanced modulo N).
 template <typename T>
-__device__ void frow_stage_any(const typename frow_complex<T>::type* src, typename frow_complex<T>::type* dst,
-                               const typename frow_complex<T>::type* tw, const T* ms, int N, int Ns, int R,
-                               int nb, int inverse) {
+__device__ void frow_stage_any(const frow_input<T> src, typename frow_complex<T>::type* dst,
+                               const typename frow_complex<T>::type* tw, int N, int Ns, int R, int nb,
+                               int inverse) {
     typedef typename frow_complex<T>::type C;
     const int L = N / R;
     const int tstep = N / (Ns * R);
@@ -228,14 +335,12 @@ __device__ void frow_stage_any(const typename frow_complex<T>::type* src, typena
         const int j = rem - r * L;
         const int k = j % Ns;
         const int step = (k + r * Ns) * tstep;  // < N
-        const C* in = src + row * N;
         C acc;
         acc.x = (T)0;
         acc.y = (T)0;
         int t = 0;
         for (int q = 0; q < R; ++q) {
-            C a = frow_stage_in(in, ms, j + q * L, tw, 0, inverse);
-            acc = frow_add(acc, frow_mul(a, frow_tw(tw, t, inverse)));
+            acc = frow_add(acc, frow_mul(src.load(row, j + q * L, N), frow_tw(tw, t, inverse)));
             t += step;
             if (t >= N) t -= N;
         }
@@ -243,47 +348,44 @@ __device__ void frow_stage_any(const typename frow_complex<T>::type* src, typena
     }
 }
 
-// Transform nb rows of length N held in *src (natural order) into natural order; on return *src
-// holds the result and *dst the scratch. ms (may be null): weights applied to the input.
+// Transform nb rows of length N > 1 into natural order. The first stage reads through `first`
+// (see frow_input); the result is left in *res, and *scratch is the other buffer.
 template <typename T>
-__device__ void frow_fft(typename frow_complex<T>::type** src, typename frow_complex<T>::type** dst,
-                         const typename frow_complex<T>::type* tw, const T* ms, int N, int nb, int inverse) {
+__device__ void frow_fft(frow_input<T> first, typename frow_complex<T>::type* b0,
+                         typename frow_complex<T>::type* b1, typename frow_complex<T>::type** res,
+                         const typename frow_complex<T>::type* tw, int N, int nb, int inverse) {
     typedef typename frow_complex<T>::type C;
-    if (N == 1) {  // the transform is the identity; the weights have no stage to ride on
-        if (ms)
-            for (int e = (int)threadIdx.x; e < nb; e += (int)blockDim.x) {
-                C a = (*src)[e];
-                a.x = ms[0] == (T)0 ? (T)0 : a.x * ms[0];
-                a.y = ms[0] == (T)0 ? (T)0 : a.y * ms[0];
-                (*src)[e] = a;
-            }
-        __syncthreads();
-        return;
-    }
+    frow_input<T> src = first;
+    C* dst = b0;
+    C* other = b1;
     int Ns = 1;
     for (int rem = N; rem > 1;) {
         const int R = flat_row_next_radix(rem);
         switch (R) {
-            case 2: frow_stage<T, 2>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 3: frow_stage<T, 3>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 4: frow_stage<T, 4>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 5: frow_stage<T, 5>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 7: frow_stage<T, 7>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 11: frow_stage<T, 11>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 13: frow_stage<T, 13>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 17: frow_stage<T, 17>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 19: frow_stage<T, 19>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            case 23: frow_stage<T, 23>(*src, *dst, tw, ms, N, Ns, nb, inverse); break;
-            default: frow_stage_any<T>(*src, *dst, tw, ms, N, Ns, R, nb, inverse); break;
+            case 2: frow_stage<T, 2>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 3: frow_stage<T, 3>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 4: frow_stage<T, 4>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 5: frow_stage<T, 5>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 7: frow_stage<T, 7>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 8: frow_stage<T, 8>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 11: frow_stage<T, 11>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 13: frow_stage<T, 13>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 16: frow_stage<T, 16>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 17: frow_stage<T, 17>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 19: frow_stage<T, 19>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 23: frow_stage<T, 23>(src, dst, tw, N, Ns, nb, inverse); break;
+            default: frow_stage_any<T>(src, dst, tw, N, Ns, R, nb, inverse); break;
         }
         __syncthreads();
-        C* t = *src;
-        *src = *dst;
-        *dst = t;
-        ms = nullptr;
+        src.mode = FROW_IN_SMEM;
+        src.in = dst;
+        C* t = dst == b0 ? b1 : b0;  // the buffer not just written
+        other = dst;
+        dst = t;
         Ns *= R;
         rem /= R;
     }
+    *res = other;
 }
 
 template <typename T>
@@ -306,6 +408,10 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
     C* b1 = b0 + (long long)Cg * W;
     T* ms = reinterpret_cast<T*>(b1 + (long long)Cg * W);
     const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
+    // S·x is formed while the first forward stage loads (one pass less over shared memory), when
+    // that stage has a butterfly; a direct-DFT first stage reads each input R times, so it gets a
+    // separate prologue. W = 1 has no stage at all.
+    const bool fold = W > 1 && flat_row_has_butterfly(flat_row_next_radix(W));
 
     for (int m = tid; m < W; m += nt) {  // ω^m, the angle reduced to (−π, π] before sincospi
         int m2 = 2 * m;
@@ -336,22 +442,47 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
             }
             for (int c0 = 0; c0 < Cn; c0 += Cg) {
                 const int nb = Cn - c0 < Cg ? Cn - c0 : Cg;
+                const C* srow = S + ((long long)b * Cn + c0) * H * W + (long long)h * W;
                 __syncthreads();  // xs, ms, tw written; the previous chunk is done with Ss, b0, b1
-                for (int e = tid; e < nb * W; e += nt) {
-                    const int c = e / W;
-                    const int w = e - c * W;
-                    const C s = S[(((long long)b * Cn + c0 + c) * H + h) * W + w];
-                    Ss[e] = s;
-                    b0[e] = frow_mul(s, xs[w]);
+                frow_input<T> in;
+                in.ms = ms;
+                in.sg = srow;
+                in.sstride = (long long)H * W;
+                in.xs = xs;
+                in.ss = Ss;
+                C* u = b0;
+                if (fold) {
+                    in.mode = FROW_IN_COILS;
+                    in.in = nullptr;
+                } else {
+                    for (int e = tid; e < nb * W; e += nt) {
+                        const int c = e / W;
+                        const int w = e - c * W;
+                        const C s = srow[c * in.sstride + w];
+                        Ss[e] = s;
+                        b1[e] = frow_mul(s, xs[w]);
+                    }
+                    __syncthreads();
+                    in.mode = FROW_IN_SMEM;
+                    in.in = b1;
                 }
-                __syncthreads();
-                C* src = b0;
-                C* dst = b1;
-                frow_fft<T>(&src, &dst, tw, (const T*)nullptr, W, nb, 0);
-                frow_fft<T>(&src, &dst, tw, ms, W, nb, 1);
+                if (W > 1) {
+                    frow_fft<T>(in, b0, b1, &u, tw, W, nb, 0);  // u = F(S·x) (in b0 or b1)
+                    in.mode = FROW_IN_MASK;
+                    in.in = u;
+                    C* o = u == b0 ? b1 : b0;
+                    frow_fft<T>(in, o, u, &u, tw, W, nb, 1);  // u = Fᴴ(ms ⊙ u): ms carries 1/W
+                } else {
+                    for (int e = tid; e < nb; e += nt) {
+                        in.mode = FROW_IN_MASK;
+                        in.in = b1;
+                        b0[e] = in.load(e, 0, 1);
+                    }
+                    __syncthreads();
+                }
                 for (int w = tid; w < W; w += nt) {  // thread-owned columns: no race on acc
                     C t = acc[w];
-                    for (int c = 0; c < nb; ++c) t = frow_add(t, frow_cmul(Ss[c * W + w], src[c * W + w]));
+                    for (int c = 0; c < nb; ++c) t = frow_add(t, frow_cmul(Ss[c * W + w], u[c * W + w]));
                     acc[w] = t;
                 }
             }
@@ -377,8 +508,10 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
 }
 
 // ---------------------------------------------------------------- extern "C" instantiations
-#define FLAT_ROW_INSTANTIATE(SUF, T)                                                                   \
-    extern "C" __global__ void __launch_bounds__(FLAT_ROW_THREADS) flat_row_step_##SUF(               \
+// MINB: blocks per SM that ptxas must allow for. complex64 asks for 2 (<= 128 registers; row_plan
+// sizes its shared memory for two blocks per SM); complex128 (254 registers, no spill) runs one.
+#define FLAT_ROW_INSTANTIATE(SUF, T, MINB)                                                             \
+    extern "C" __global__ void __launch_bounds__(FLAT_ROW_THREADS, MINB) flat_row_step_##SUF(         \
         const frow_complex<T>::type* __restrict__ S, const frow_complex<T>::type* __restrict__ X,     \
         const frow_complex<T>::type* __restrict__ V, const frow_complex<T>::type* __restrict__ R0,    \
         const T* __restrict__ M, const T* __restrict__ a, int a_stride, const T* __restrict__ cc,     \
@@ -389,5 +522,5 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
                          H, W, Bm, Cg, smem);                                                         \
     }
 
-FLAT_ROW_INSTANTIATE(c64, float)
-FLAT_ROW_INSTANTIATE(c128, double)
+FLAT_ROW_INSTANTIATE(c64, float, 2)
+FLAT_ROW_INSTANTIATE(c128, double, 1)

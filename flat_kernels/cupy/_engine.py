@@ -88,21 +88,23 @@ x, v, Aᴴy read once; the output written once), the floating-point operations o
 
 
 def row_radices(W: int) -> list:
-    """The Stockham radices of row_step.cu for length W (same greedy rule: 4, 2, smallest odd prime)."""
+    """The Stockham radices of row_step.cu for length W, in order (same rule as flat_row_next_radix:
+    the odd prime factors, smallest first, then the power of two as 16s and one 8, 4 or 2)."""
     out, n = [], int(W)
     while n > 1:
-        if n % 4 == 0:
-            r = 4
-        elif n % 2 == 0:
-            r = 2
+        m = n
+        while m % 2 == 0:
+            m //= 2
+        if m > 1:
+            r = next((p for p in range(3, math.isqrt(m) + 1, 2) if m % p == 0), m)
         else:
-            r = next((p for p in range(3, math.isqrt(n) + 1, 2) if n % p == 0), n)
+            r = 16 if n >= 16 else n
         out.append(r)
         n //= r
     return out
 
 
-_ROW_BUTTERFLY = (2, 3, 4, 5, 7, 11, 13, 17, 19, 23)  # radices with an explicit butterfly
+_ROW_BUTTERFLY = (2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 19, 23)  # radices with an explicit butterfly
 
 
 def row_plan(C: int, W: int, complex_bytes: int, limits) -> dict | None:
@@ -123,37 +125,65 @@ def row_plan(C: int, W: int, complex_bytes: int, limits) -> dict | None:
     return None
 
 
-def _fft_counts(W: int):
-    """(flops, shared-memory bytes in units of complex elements) of one length-W transform, per row."""
+def _butterfly_flops(R: int) -> int:
+    """Real flops of one radix-R butterfly as coded (FMA = 2), without pre-twiddles."""
+    if R in (2, 4):
+        return {2: 4, 4: 16}[R]
+    if R == 8:
+        return 2 * 16 + 3 * 6 + 4 * 4
+    if R == 16:
+        return 8 * 16 + 9 * 6
+    h = (R - 1) // 2
+    return 8 * h * h + 10 * h
+
+
+def _fft_counts(W: int, first: str):
+    """(flops, shared-memory traffic in complex elements) of one length-W transform of one row.
+
+    ``first``: how the first stage reads, "smem", "coils" (S from global memory times xs, S kept in
+    Ss: 2 shared accesses per input) or "mask" (plus the real weight: half an element).
+    """
     flops = smem = 0
     Ns = 1
-    for R in row_radices(W):
+    for i, R in enumerate(row_radices(W)):
         L = W // R
-        tw = (R - 1) * L if Ns > 1 else 0  # pre-twiddle multiplies (none in the first stage)
+        mode = first if i == 0 else "smem"
+        per_in = {"smem": 1.0, "coils": 2.0, "mask": 1.5}[mode]
         if R in _ROW_BUTTERFLY:
-            h = (R - 1) // 2
-            bfly = {2: 4, 4: 16}.get(R, 8 * h * h + 10 * h)  # per butterfly, as coded
-            flops += L * bfly + 6 * tw
-            smem += 2 * W + tw + (h if R > 4 else 0) * L  # read + write, twiddles, cos/sin table
-        else:
-            flops += 8 * R * W  # direct DFT: R complex multiply-adds per output
-            smem += 2 * R * W + W  # data and twiddle read per term, one write
+            h = (R - 1) // 2 if R % 2 else 0
+            twiddle = (2 * R - 3) * 6 if Ns > 1 else 0  # R − 1 multiplies and the power chain
+            flops += L * (_butterfly_flops(R) + twiddle) + (6 * W if mode == "coils" else 0)
+            smem += per_in * W + W + L * ((1 if Ns > 1 else 0) + h)  # in, out, w1, cos/sin (broadcast)
+        else:  # direct DFT: R complex multiply-adds per output, data and table read per term
+            flops += 8 * R * W
+            smem += (per_in + 1) * R * W + W
         Ns *= R
     return flops, smem
 
 
 def row_step_work(B: int, C: int, H: int, W: int, complex_bytes: int, has_v: bool = True,
-                  has_r0: bool = True) -> dict:
-    """Work of one flat_row_step launch (see ROW_KERNELS): bytes, flops, shared-memory bytes."""
+                  has_r0: bool = True, chunks: int = 1) -> dict:
+    """Work of one flat_row_step launch (see ROW_KERNELS) as the code does it.
+
+    dram_bytes: S, x, [v], [Aᴴy] read once, the output written once, the mask row per block (L2).
+    flops: real floating-point operations (FMA = 2). smem_bytes: shared-memory traffic, bank
+    conflicts not counted (an odd first radix writes conflict-free; later stages may conflict up
+    to 2-3 way at small Ns). ``chunks``: coil chunks per row (row_plan).
+    """
     rows, px = B * H, B * H * W
-    dram = complex_bytes * (B * C * H * W + px * (2 + int(has_v) + int(has_r0))) + (complex_bytes // 2) * W
-    f, sm = _fft_counts(W)
-    # per coil row: S·x (6), two transforms, mask (2), conj(S)·u accumulate (8); per pixel epilogue ≈ 10
-    flops = rows * C * (2 * f + W * (6 + 2 + 8)) + px * 10
-    # per coil row: write Ss, b0 and read xs (3), both transforms, read Ss, u (2) and acc (2)
-    smem = complex_bytes * rows * C * (2 * sm + 7 * W)
-    return {"dram_bytes": dram, "flops": flops, "smem_bytes": smem, "blocks": rows,
-            "threads": ROW_THREADS, "radices": row_radices(W)}
+    cb = complex_bytes
+    dram = cb * (B * C * H * W + px * (2 + int(has_v) + int(has_r0))) + rows * W * (cb // 2)
+    radices = row_radices(W)
+    fold = bool(radices) and radices[0] in _ROW_BUTTERFLY
+    ff, fs = _fft_counts(W, "coils" if fold else "smem") if W > 1 else (0, 0)
+    fi, si = _fft_counts(W, "mask") if W > 1 else (W, 1.5 * W)
+    pro_f, pro_s = (0, 0) if fold else (6 * W, 3 * W)  # separate S·x pass: write Ss, u; read xs
+    per_coil_flops = ff + fi + pro_f + 8 * W  # + conj(S)·u accumulate
+    per_coil_smem = fs + si + pro_s + 2 * W  # + read Ss, u
+    flops = rows * C * per_coil_flops + px * 12
+    smem = cb * (rows * C * per_coil_smem + rows * chunks * 2 * W + px * 4.5)
+    return {"dram_bytes": dram, "flops": flops, "smem_bytes": int(smem), "blocks": rows,
+            "threads": ROW_THREADS, "radices": radices, "fold_prologue": fold}
 
 
 def _ishift(n: int) -> int:

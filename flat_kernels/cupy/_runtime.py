@@ -7,6 +7,9 @@
   an LRU cache keyed by (device, shape, dtype, axes) and executed **in place and unscaled**
   (``plan.fft(a, a, direction)``) on the current stream; the 1/N factors are folded into the
   epilogue kernels.
+* The one-pass row kernel (column masks): ``flat_kernels/cuda/row_step.cu``, its own
+  ``cupy.RawModule``, functions ``flat_row_step_<c64|c128>``, launched on a grid of (H, B) blocks of
+  ``ROW_THREADS`` threads with dynamic shared memory (the opt-in above 48 KB set per function).
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ from cupy.cuda import cufft
 from cupyx.scipy.fftpack import get_fft_plan
 
 from . import interop
+from ._engine import ROW_THREADS
 
 BLOCK = 256
 _SRC = pathlib.Path(__file__).resolve().parent.parent / "cuda" / "dc_fused.cu"
+_ROW_SRC = _SRC.with_name("row_step.cu")
 _PLAN_CACHE_SIZE = 32
 
 
@@ -34,6 +39,8 @@ class CupyRuntime:
     def __init__(self, device):
         self.device = device
         self._module = None
+        self._row_module = None
+        self._smem = None
         self._funcs = {}
         self._plans: collections.OrderedDict = collections.OrderedDict()
         self._dummy = {}
@@ -81,7 +88,7 @@ class CupyRuntime:
             fn = self._funcs[key] = self._module.get_function(key)
         return fn
 
-    def launch(self, name, dtype, B, HW, args):
+    def _suffix(self, dtype):
         dtype = np.dtype(dtype)
         if dtype == np.complex64:
             suffix, real = "c64", np.float32
@@ -89,6 +96,9 @@ class CupyRuntime:
             suffix, real = "c128", np.float64
         else:
             raise TypeError(f"internal: kernels take complex64/complex128, got {dtype}")
+        return suffix, real
+
+    def _pack(self, args, real):
         packed = []
         for kind, value in args:
             if kind in ("ptr", "rptr"):
@@ -99,5 +109,41 @@ class CupyRuntime:
                 packed.append(real(value))
             else:  # pragma: no cover - table error
                 raise ValueError(kind)
+        return tuple(packed)
+
+    def launch(self, name, dtype, B, HW, args):
+        suffix, real = self._suffix(dtype)
+        packed = self._pack(args, real)
         grid = (max(1, min((HW + BLOCK - 1) // BLOCK, 1 << 16)), max(1, min(B, 65535)), 1)
-        self._function(name, suffix)(grid, (BLOCK, 1, 1), tuple(packed))
+        self._function(name, suffix)(grid, (BLOCK, 1, 1), packed)
+
+    # ---------------------------------------------------------------- the row kernel
+    def row_smem_limits(self, dtype):
+        """Per-block shared-memory budgets for row_plan, tried in order.
+
+        complex64 (128 registers at 256 threads, two blocks fit an SM's register file): first the
+        size that lets two blocks share an SM, then the opt-in maximum; complex128 (254 registers,
+        one block per SM): the opt-in maximum. 1 KB per block is reserved by the driver.
+        """
+        if self._smem is None:
+            attrs = cupy.cuda.Device(self.device.index).attributes
+            self._smem = (int(attrs["MaxSharedMemoryPerMultiprocessor"]), int(attrs["MaxSharedMemoryPerBlockOptin"]))
+        per_sm, optin = self._smem
+        if np.dtype(dtype) == np.complex64:
+            return (min(optin, per_sm // 2 - 1024), optin)
+        return (optin,)
+
+    def launch_rows(self, name, dtype, B, H, smem_bytes, args):
+        suffix, real = self._suffix(dtype)
+        packed = self._pack(args, real)
+        key = f"flat_{name}_{suffix}"
+        fn = self._funcs.get(key)
+        if fn is None:
+            if self._row_module is None:
+                self._row_module = cupy.RawModule(code=_ROW_SRC.read_text(), options=("--std=c++14",))
+            fn = self._row_module.get_function(key)
+            # allow the largest size row_plan may ask for (above 48 KB needs the opt-in)
+            fn.max_dynamic_shared_size_bytes = self.row_smem_limits(dtype)[-1]
+            self._funcs[key] = fn
+        grid = (max(1, min(H, (1 << 31) - 1)), max(1, min(B, 65535)), 1)
+        fn(grid, (ROW_THREADS, 1, 1), packed, shared_mem=int(smem_bytes))
