@@ -155,6 +155,10 @@ def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backe
             elif method == "cg-sense":
                 img = cg_sense(k.to(device), mask.to(device), num_low_frequencies=num_low, iters=cg_iters,
                                lam=cg_lam, backend=backend).abs()
+            elif method == "varnet":  # fastMRI's E2E-VarNet weights (flat/model/varnet.py, docs/varnet.md)
+                from flat.model.varnet import reconstruct_varnet
+
+                img = reconstruct_varnet(model, k, mask, num_low, backend=backend)
             else:
                 from flat.inference import reconstruct  # see recon_files: the model stack on use
 
@@ -235,6 +239,14 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
         from flat.inference import load_model
 
         model = load_model(checkpoint, map_location="cpu")
+    elif method == "varnet":  # CHECKPOINT is a fastMRI VarNet state dict
+        if checkpoint == "-":
+            raise ValueError("--method varnet needs a fastMRI VarNet state dict as CHECKPOINT (got '-')")
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"{checkpoint}: no such state dict file (CHECKPOINT)")
+        from flat.model.varnet import load_fastmri_varnet
+
+        model = load_fastmri_varnet(checkpoint).to(device)
     elif checkpoint != "-":
         print(f"flat recon: note: --method {method} uses no checkpoint; ignoring {checkpoint}",
               file=sys.stderr)
@@ -247,6 +259,8 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
         for info in infos:
             kspace, file_mask, _, _ = read_volume(info.path)
             masked, mask, num_low = prepare_volume(kspace, file_mask, info, mask_func)
+            if method == "varnet" and file_mask is not None:
+                num_low = None  # fastMRI's pretrained-VarNet inference infers it from the mask
             crop = volume_crop(info, masked.shape)
             recon = reconstruct_volume(
                 method, masked, mask, num_low, crop, model=model, backend=backend,

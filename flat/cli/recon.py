@@ -8,12 +8,13 @@ from pathlib import Path
 
 from flat.config import MASK_TYPES  # the config schema: standard library only, cheap to import
 
-METHODS = ("flat", "zero-filled", "cg-sense")
+METHODS = ("flat", "zero-filled", "cg-sense", "varnet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="trained model (.pt) for --method flat; '-' for zero-filled / cg-sense")
+                        help="trained model (.pt) for --method flat, a fastMRI VarNet state dict for "
+                        "--method varnet; '-' for zero-filled / cg-sense")
     parser.add_argument("data", metavar="DATA", type=Path,
                         help="fastMRI multicoil .h5 file or folder (fully sampled, or undersampled with a 'mask')")
     parser.add_argument("out", metavar="OUT", type=Path, help="output folder for the submission files")
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cg-iters", type=int, default=20, help="CG-SENSE iterations (default: 20)")
     parser.add_argument("--cg-lam", type=float, default=0.0, help="CG-SENSE Tikhonov weight (default: 0)")
     parser.add_argument("--device", default="cpu",
-                        help="device for zero-filled / cg-sense, e.g. cpu or cuda (default: cpu)")
+                        help="device for zero-filled / cg-sense / varnet, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
