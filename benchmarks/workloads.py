@@ -29,9 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-OPS = ("flow_step", "normal", "kspace_flow_step")
+from flat.ops.table import OPS as _TABLE
+
+OPS = tuple(spec.name for spec in _TABLE if spec.benchmarked)
 MODES = ("fwd", "fwd+bwd")
-DT, LAM = 1.0 / 12.0, 12.0  # Δt·λ = 1: the regime SPEC §4 recommends
+DT, LAM = 1.0 / 12.0, 12.0  # Δt·λ = 1 per step (docs/model.md)
 
 
 @dataclass(frozen=True)

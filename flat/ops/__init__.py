@@ -19,15 +19,14 @@ implementation and an analytic backward), so it works under ``torch.compile(full
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from flat.ops import library as _library  # noqa: F401  (registers torch.ops.flat.*)
 from flat.ops.backends import BackendUnavailableError, available_backends, use_backend
-from flat.ops.checks import (
-    HALF, backend_for, check_norm, check_shape, coil_layout, coils_arg, common_dtype_device, image_arg, image_layout, canonical_mask,
-    restore, scalar_arg, to_complex,
-)
-from flat.ops.table import NAMES
+from flat.ops.checks import HALF, backend_for, canonical_args, check_norm, restore, to_complex
+from flat.ops.table import NAMES, OPS
 
 __all__ = [*NAMES, "available_backends", "use_backend", "BackendUnavailableError"]
 
@@ -51,119 +50,29 @@ def ifft2c(x, *, norm="ortho", backend=None):
     return restore(_OPS.ifft2c(xc, backend_for(backend, xc.device)), lay)
 
 
-def _image_and_sens(image, sens):
-    x, lay = image_arg("image", image)
-    s, _ = coils_arg("sens", sens)
-    dtype, device = common_dtype_device({"image": x, "sens": s})
-    B, C, H, W = s.shape
-    check_shape("image", x, (B, H, W), "sens (B, H, W) =")
-    return x.to(dtype), s.to(dtype), lay, device
+def _public(spec):
+    """``flat.ops.<name>`` for a table op: check and convert the arguments (flat/ops/checks.py),
+    call ``torch.ops.flat.<name>``, give the result back in the user's layout. Required arguments
+    are positional, those with a default (``ahy``) keyword-only, as is ``backend``."""
+    P = inspect.Parameter
+    params = [P(a.name, P.POSITIONAL_OR_KEYWORD) for a in spec.args if not a.has_default]
+    params += [P(a.name, P.KEYWORD_ONLY, default=a.default) for a in spec.args if a.has_default]
+    sig = inspect.Signature([*params, P("backend", P.KEYWORD_ONLY, default=None)])
+    custom_op = getattr(_OPS, spec.name)
 
+    def op(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        backend = values.pop("backend")
+        canon, device, back_to_user_layout = canonical_args(spec, values)
+        return back_to_user_layout(custom_op(*canon, backend_for(backend, device)))
 
-def _kspace_and_sens(kspace, sens):
-    k, lay = coils_arg("kspace", kspace)
-    s, _ = coils_arg("sens", sens)
-    dtype, device = common_dtype_device({"kspace": k, "sens": s})
-    check_shape("sens", s, k.shape, "kspace")
-    return k.to(dtype), s.to(dtype), lay, device
-
-
-def sens_expand(image, sens, *, backend=None):
-    """Coil k-space from an image: ``fft2c(S ⊙ x)`` -> (B, C, H, W)."""
-    x, s, _, device = _image_and_sens(image, sens)
-    return restore(_OPS.sens_expand(x, s, backend_for(backend, device)), coil_layout(image, s))
-
-
-def sens_reduce(kspace, sens, *, backend=None):
-    """Coil combination: ``Σ_c conj(S_c) ⊙ ifft2c(k_c)`` -> image (B, H, W)."""
-    k, s, lay, device = _kspace_and_sens(kspace, sens)
-    return restore(_OPS.sens_reduce(k, s, backend_for(backend, device)), image_layout(lay, k))
-
-
-def sense_forward(image, sens, mask, *, backend=None):
-    """``A x = M ⊙ fft2c(S ⊙ x)`` -> masked k-space (B, C, H, W); masked entries are +0.0."""
-    x, s, _, device = _image_and_sens(image, sens)
-    B, C, H, W = s.shape
-    m = canonical_mask(mask, B, H, W, s.dtype, device)
-    return restore(_OPS.sense_forward(x, s, m, backend_for(backend, device)), coil_layout(image, s))
-
-
-def sense_adjoint(kspace, sens, mask, *, backend=None):
-    """``Aᴴ k = Σ_c conj(S_c) ⊙ ifft2c(M ⊙ k_c)`` -> image (B, H, W)."""
-    k, s, lay, device = _kspace_and_sens(kspace, sens)
-    B, C, H, W = k.shape
-    m = canonical_mask(mask, B, H, W, k.dtype, device)
-    return restore(_OPS.sense_adjoint(k, s, m, backend_for(backend, device)), image_layout(lay, k))
-
-
-def normal(image, sens, mask, *, backend=None):
-    """``Aᴴ A x`` -> image."""
-    x, s, lay, device = _image_and_sens(image, sens)
-    B, C, H, W = s.shape
-    m = canonical_mask(mask, B, H, W, s.dtype, device)
-    return restore(_OPS.normal(x, s, m, backend_for(backend, device)), lay)
-
-
-def dc_gradient(image, kspace, sens, mask, *, backend=None):
-    """``Aᴴ (A x − y)``: the gradient of ½‖Ax − y‖² -> image."""
-    x, s, lay, device = _image_and_sens(image, sens)
-    y, _ = coils_arg("kspace", kspace)
-    check_shape("kspace", y, s.shape, "sens")
-    dtype, device = common_dtype_device({"image": x, "kspace": y, "sens": s})
-    B, C, H, W = s.shape
-    m = canonical_mask(mask, B, H, W, dtype, device)
-    out = _OPS.dc_gradient(x.to(dtype), y.to(dtype), s.to(dtype), m, backend_for(backend, device))
-    return restore(out, lay)
-
-
-def flow_step(image, velocity, kspace, sens, mask, dt, lam, *, ahy=None, backend=None):
-    """One Euler step of the conditional flow: ``x + dt·(v − lam·Aᴴ(A x − y))``.
-
-    ``ahy`` is ``Aᴴy`` precomputed (it is the same at every cascade); ``kspace`` may then be None.
-    """
-    x, s, lay, device = _image_and_sens(image, sens)
-    B, C, H, W = s.shape
-    v, _ = image_arg("velocity", velocity)
-    check_shape("velocity", v, x.shape, "image")
-    named = {"image": x, "velocity": v, "sens": s}
-    y = a = None
-    if kspace is not None:
-        y, _ = coils_arg("kspace", kspace)
-        check_shape("kspace", y, s.shape, "sens")
-        named["kspace"] = y
-    if ahy is not None:
-        a, _ = image_arg("ahy", ahy)
-        check_shape("ahy", a, x.shape, "image")
-        named["ahy"] = a
-    if y is None and a is None:
-        raise ValueError("kspace: is None, so ahy (the precomputed Aᴴy) must be given")
-    dtype, device = common_dtype_device(named)
-    m = canonical_mask(mask, B, H, W, dtype, device)
-    out = _OPS.flow_step(
-        x.to(dtype), v.to(dtype), None if y is None else y.to(dtype), s.to(dtype), m,
-        scalar_arg("dt", dt, B, dtype, device), scalar_arg("lam", lam, B, dtype, device),
-        None if a is None else a.to(dtype), backend_for(backend, device),
-    )
-    return restore(out, lay)
-
-
-def kspace_flow_step(kstate, image_update, kspace, sens, mask, dt, lam, *, backend=None):
-    """E2E-VarNet form: ``k − dt·lam·M ⊙ (k − y) + dt·fft2c(S ⊙ z)`` -> k-space (B, C, H, W)."""
-    k, lay = coils_arg("kstate", kstate)
-    z, _ = image_arg("image_update", image_update)
-    y, _ = coils_arg("kspace", kspace)
-    s, _ = coils_arg("sens", sens)
-    B, C, H, W = k.shape
-    check_shape("kspace", y, k.shape, "kstate")
-    check_shape("sens", s, k.shape, "kstate")
-    check_shape("image_update", z, (B, H, W), "kstate (B, H, W) =")
-    dtype, device = common_dtype_device({"kstate": k, "image_update": z, "kspace": y, "sens": s})
-    m = canonical_mask(mask, B, H, W, dtype, device)
-    out = _OPS.kspace_flow_step(
-        k.to(dtype), z.to(dtype), y.to(dtype), s.to(dtype), m,
-        scalar_arg("dt", dt, B, dtype, device), scalar_arg("lam", lam, B, dtype, device), backend_for(backend, device),
-    )
-    return restore(out, lay)
+    op.__name__ = op.__qualname__ = spec.name
+    op.__module__ = __name__
+    op.__signature__ = sig
+    op.__doc__ = spec.doc
+    return op
 
 
 def rss(x, dim=1, *, real_layout=False, backend=None):
@@ -195,3 +104,7 @@ def rss(x, dim=1, *, real_layout=False, backend=None):
     return _OPS.rss(x, dim, backend_for(backend, x.device))
 
 
+# every op of the table but the three with layouts of their own (fft2c, ifft2c: any rank; rss)
+for _spec in OPS:
+    if _spec.name not in globals():
+        globals()[_spec.name] = _public(_spec)

@@ -158,3 +158,62 @@ def image_layout(coil_layout: Layout, k: torch.Tensor) -> Layout:
     """Image output (B, H, W) for coil input; real layout gives fastMRI's (B, 1, H, W, 2)."""
     B, _, H, W = k.shape
     return Layout(True, (B, 1, H, W, 2)) if coil_layout.real else Layout(False, (B, H, W))
+
+
+# ---------------------------------------------------------------- one wrapper for every table op
+def canonical_args(spec, values: dict):
+    """Validate the user's arguments of table op ``spec`` and convert them to canonical tensors.
+
+    The coil maps fix (B, C, H, W); every other coil stack must match them, every
+    image must be (B, H, W) (or (B, 1, H, W), or fastMRI's real layout of either), the mask must
+    broadcast, dt/lam be () or (B,). Returns (canonical arguments in table order, a function that
+    puts the op's output back in the layout the user gave).
+    """
+    from flat.ops.table import COILS, IMAGE, INT, MASK, SCALAR
+
+    given = [a for a in spec.args if values[a.name] is not None or a.kind == INT]
+    for a in spec.args:
+        if values[a.name] is None and not a.optional:
+            raise TypeError(f"{a.name}: expected a tensor, got None")
+    if spec.one_of and all(values[n] is None for n in spec.one_of):
+        first, *rest = spec.one_of
+        raise ValueError(f"{first}: is None, so {' or '.join(rest)} must be given")
+    tensors, layouts = {}, {}
+    for a in given:
+        if a.kind == IMAGE:
+            tensors[a.name], layouts[a.name] = image_arg(a.name, values[a.name])
+        elif a.kind == COILS:
+            tensors[a.name], layouts[a.name] = coils_arg(a.name, values[a.name])
+    # the coil maps fix the geometry; ops without maps (fft-like) take their first coil stack
+    ref = "sens" if "sens" in tensors else next(a.name for a in given if a.kind == COILS)
+    B, C, H, W = tensors[ref].shape
+    for name, t in tensors.items():
+        kind = next(a.kind for a in spec.args if a.name == name)
+        if name != ref and kind == COILS:
+            check_shape(name, t, tensors[ref].shape, ref)
+        elif kind == IMAGE:
+            check_shape(name, t, (B, H, W), f"{ref} (B, H, W) =")
+    dtype, device = common_dtype_device(tensors)
+    out = []
+    for a in spec.args:
+        v = values[a.name]
+        if a.kind == INT:
+            out.append(v)
+        elif v is None:
+            out.append(None)
+        elif a.kind == MASK:
+            out.append(canonical_mask(v, B, H, W, dtype, device))
+        elif a.kind == SCALAR:
+            out.append(scalar_arg(a.name, v, B, dtype, device))
+        else:
+            out.append(tensors[a.name].to(dtype))
+
+    first = spec.args[0]
+    if spec.out == COILS:  # coils from an image: in the image argument's layout
+        image = next(a.name for a in spec.args if a.kind == IMAGE)
+        lay = coil_layout(values[image], tensors[ref])
+    elif spec.out == IMAGE:  # an image from coils: fastMRI's (B, 1, H, W, 2) for the real layout
+        lay = image_layout(layouts[first.name], tensors[first.name])
+    else:  # the layout of the first argument
+        lay = layouts[first.name]
+    return tuple(out), device, lambda result: restore(result, lay)

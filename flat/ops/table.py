@@ -53,6 +53,8 @@ class OpSpec:
     formula: str  # what it computes, for docs and error messages
     variants: tuple[dict, ...] = ({},)  # optional arguments set to None, one dict per test variant
     one_of: tuple[str, ...] = ()  # at least one of these optional arguments must be given
+    benchmarked: bool = False  # in the benchmark grid of benchmarks/ (the fused steps users time)
+    doc: str = ""  # the public op's docstring (flat.ops.<name>)
 
     @property
     def arg_names(self) -> tuple[str, ...]:
@@ -134,14 +136,18 @@ _STEP_SCALARS = (_a("dt", SCALAR), _a("lam", SCALAR))
 OPS: tuple[OpSpec, ...] = (
     OpSpec("fft2c", (_a("x", COILS),), "like", "fftshift(fft2(ifftshift(x))), orthonormal"),
     OpSpec("ifft2c", (_a("x", COILS),), "like", "fftshift(ifft2(ifftshift(x))), orthonormal"),
-    OpSpec("sens_expand", (_a("image", IMAGE), _a("sens", COILS)), COILS, "fft2c(S·x)"),
-    OpSpec("sens_reduce", (_a("kspace", COILS), _a("sens", COILS)), IMAGE, "Σ_c conj(S_c)·ifft2c(k_c)"),
-    OpSpec("sense_forward", (_a("image", IMAGE), _a("sens", COILS), _a("mask", MASK)), COILS, "M·fft2c(S·x)"),
+    OpSpec("sens_expand", (_a("image", IMAGE), _a("sens", COILS)), COILS, "fft2c(S·x)",
+           doc="Coil k-space from an image: ``fft2c(S ⊙ x)`` -> (B, C, H, W)."),
+    OpSpec("sens_reduce", (_a("kspace", COILS), _a("sens", COILS)), IMAGE, "Σ_c conj(S_c)·ifft2c(k_c)",
+           doc="Coil combination: ``Σ_c conj(S_c) ⊙ ifft2c(k_c)`` -> image (B, H, W)."),
+    OpSpec("sense_forward", (_a("image", IMAGE), _a("sens", COILS), _a("mask", MASK)), COILS, "M·fft2c(S·x)",
+           doc="``A x = M ⊙ fft2c(S ⊙ x)`` -> masked k-space (B, C, H, W); masked entries are +0.0."),
     OpSpec("sense_adjoint", (_a("kspace", COILS), _a("sens", COILS), _a("mask", MASK)), IMAGE,
-           "Σ_c conj(S_c)·ifft2c(M·k_c)"),
-    OpSpec("normal", (_a("image", IMAGE), _a("sens", COILS), _a("mask", MASK)), "like", "Aᴴ A x"),
+           "Σ_c conj(S_c)·ifft2c(M·k_c)", doc="``Aᴴ k = Σ_c conj(S_c) ⊙ ifft2c(M ⊙ k_c)`` -> image (B, H, W)."),
+    OpSpec("normal", (_a("image", IMAGE), _a("sens", COILS), _a("mask", MASK)), "like", "Aᴴ A x", benchmarked=True,
+           doc="``Aᴴ A x`` -> image."),
     OpSpec("dc_gradient", (_a("image", IMAGE), _a("kspace", COILS), _a("sens", COILS), _a("mask", MASK)),
-           "like", "Aᴴ(A x − y)"),
+           "like", "Aᴴ(A x − y)", doc="``Aᴴ (A x − y)``: the gradient of ½‖Ax − y‖² -> image."),
     OpSpec(
         "flow_step",
         (_a("image", IMAGE), _a("velocity", IMAGE), _a("kspace", COILS, optional=True, unused_if="ahy"),
@@ -150,12 +156,17 @@ OPS: tuple[OpSpec, ...] = (
         "like", "x + dt·(v − lam·Aᴴ(A x − y))",
         variants=({"ahy": None}, {"kspace": None}),
         one_of=("kspace", "ahy"),
+        benchmarked=True,
+        doc="One Euler step of the conditional flow: ``x + dt·(v − lam·Aᴴ(A x − y))``.\n\n"
+            "``ahy`` is ``Aᴴy`` precomputed (it is the same at every cascade); ``kspace`` may then be None.",
     ),
     OpSpec(
         "kspace_flow_step",
         (_a("kstate", COILS), _a("image_update", IMAGE), _a("kspace", COILS), _a("sens", COILS),
          _a("mask", MASK), *_STEP_SCALARS),
         "like", "k − dt·lam·M·(k − y) + dt·fft2c(S·z)",
+        benchmarked=True,
+        doc="E2E-VarNet form: ``k − dt·lam·M ⊙ (k − y) + dt·fft2c(S ⊙ z)`` -> k-space (B, C, H, W).",
     ),
     OpSpec("rss", (_a("x", COILS), _a("dim", INT, default=1, has_default=True)), "reduced", "sqrt(Σ |x|²) over dim"),
 )
