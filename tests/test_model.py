@@ -202,3 +202,27 @@ def test_checkpoint_roundtrip_and_reconstruct(tmp_path):
         load_model(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         load_model(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("sens_mode", ["acs", "learned"])
+def test_fastmri_batch_layout_and_inferred_num_low_frequencies(sens_mode):
+    """fastMRI's real layout (B, C, H, W, 2), its mask (B, 1, 1, W, 1) and num_low_frequencies=None
+    give exactly what the complex layout, a (W,) mask and the centre width fastMRI infers give."""
+    from flat.model.varnet import fastmri_num_low_frequencies
+
+    torch.manual_seed(0)
+    model = FlatModel(dataclasses.replace(TINY, sens=sens_mode)).eval()
+    y, mask, _, _, _ = _data()
+    nlf = fastmri_num_low_frequencies(mask.reshape(1, -1))
+    assert int(nlf) == 4  # the _data mask: 4 centre columns, every third outside
+    with torch.no_grad():
+        want = model(y, mask, int(nlf))
+        for m in (mask.reshape(1, 1, 1, W, 1), mask.reshape(1, 1, 1, W, 1).expand(B, 1, 1, W, 1).float(),
+                  mask.reshape(1, 1, W, 1)):
+            got = model(torch.view_as_real(y), m, None)
+            assert torch.equal(got.output, want.output)
+        assert torch.equal(model(y, mask, 0).output, want.output)  # fastMRI: 0 also means "infer"
+    with pytest.raises(ValueError, match="num_low_frequencies"):
+        model(y, mask, W + 1)
+    with pytest.raises(ValueError, match="masked_kspace"):
+        model(torch.view_as_real(y)[..., :1], mask, None)
