@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 
 MODES = ("flat", "vanilla")
-SENS_MODES = ("acs", "learned", "given")
+SENS_MODES = ("acs", "learned", "given", "espirit")
 STATES = ("image", "kspace")
 UNETS = ("flat", "fastmri")
 SCHEDULES = ("power", "uniform")
@@ -70,7 +70,8 @@ class ModelConfig:
     velocity_gain: float = 0.0  # v = gain·U(x, t); 0 = auto: K for flat (see below), 1 for vanilla
     cond_x0: bool = False  # the velocity net also sees x_0 = Aᴴy: v_θ(x_t, t; x_0) (both modes)
     state: str = "image"  # "image" (default) or "kspace" (E2E-VarNet form, kspace_flow_step)
-    sens: str = "acs"  # "acs" fixed ACS estimate, "learned" E2E-VarNet estimator, "given" user maps
+    sens: str = "acs"  # "acs" fixed ACS estimate, "learned" E2E-VarNet estimator, "given" user maps,
+    # "espirit" ESPIRiT maps (flat/espirit.py; computed once per slice by the data pipeline)
     sens_chans: int = 8
     sens_pools: int = 3
     vanilla_dc_init: float = 1.0  # initial free DC weight η_k of the vanilla baseline
