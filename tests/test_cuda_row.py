@@ -194,8 +194,10 @@ def test_row_signature_matches_source():
 
 def test_row_radices_factor_w():
     assert ENG.row_radices(368) == [23, 16]
-    assert ENG.row_radices(320) == [5, 16, 4]
-    assert ENG.row_radices(640) == [5, 16, 8]
+    assert ENG.row_radices(320) == [20, 16]
+    assert ENG.row_radices(640) == [20, 2, 16]
+    assert ENG.row_radices(100) == [20, 5] and ENG.row_radices(10) == [5, 2]
+    assert ENG.row_radices(256) == [16, 16] and ENG.row_radices(64) == [4, 16]
     assert ENG.row_radices(202) == [101, 2]
     assert ENG.row_radices(45) == [3, 3, 5]
     assert ENG.row_radices(367) == [367]
@@ -219,7 +221,7 @@ def test_row_plan_chunks_and_limits():
 
 def test_row_work_counts():
     w = ENG.row_step_work(1, 15, 640, 368, 8)
-    floor = 8 * (15 * 640 * 368 + 4 * 640 * 368) + 640 * 4 * 368  # S, x, v, Aᴴy read; out written; mask rows
+    floor = 8 * (15 * 640 * 368 + 4 * 640 * 368) + 4 * 368  # S, x, v, Aᴴy read; out written; mask
     assert w["dram_bytes"] == floor
     assert w["blocks"] == 640 and w["radices"] == [23, 16]
     assert 0.3e9 < w["flops"] < 1e9 and w["smem_bytes"] > w["dram_bytes"]
@@ -273,7 +275,11 @@ CASES = [  # B, C, H, W, dtype, per-sample mask, threads per block
     (2, 4, 2, 202, torch.complex64, True, 32),    # 2·101: direct-DFT stage
     (1, 4, 2, 367, torch.complex128, False, 64),  # prime W: one direct-DFT stage
     (1, 15, 2, 368, torch.complex64, False, 64),  # knee width 16·23
-    (2, 20, 1, 320, torch.complex128, True, 64),  # brain width 4·4·4·5
+    (2, 20, 1, 320, torch.complex128, True, 64),  # brain width 20·16
+    (1, 3, 2, 640, torch.complex64, False, 64),   # 20·2·16
+    (1, 2, 2, 256, torch.complex128, False, 32),  # 16·16 (radix 16 at Ns = 1)
+    (2, 3, 2, 96, torch.complex64, True, 32),     # 3·2·16
+    (1, 2, 3, 100, torch.complex128, True, 16),   # 20·5
 ]
 
 

@@ -93,21 +93,29 @@ __device__ __forceinline__ C frow_tw(const C* tw, int m, int inverse) {
 
 // Radix of the next Stockham stage for the remaining length n > 1 (block-uniform): the odd prime
 // factors first, smallest first (an odd radix at Ns = 1 writes with an odd stride: no shared-memory
-// bank conflicts), then the power of two in radix-16 stages and one 8, 4 or 2.
+// bank conflicts), then the power of two 2^a as one 2, 4 or 8 (a mod 4 ≠ 0) followed by radix-16
+// stages: the small radix takes the small Ns (fewer conflicting writes), 16 the long runs.
 __device__ __forceinline__ int flat_row_next_radix(int n) {
-    int m = n;
-    while (m % 2 == 0) m /= 2;
-    if (m > 1) {
-        for (int p = 3; p * p <= m; p += 2)
-            if (m % p == 0) return p;
-        return m;  // prime
+    int m = n, a = 0;
+    while (m % 2 == 0) {
+        m /= 2;
+        ++a;
     }
-    return n >= 16 ? 16 : n;
+    if (m > 1) {
+        int p = m;  // smallest odd prime factor
+        for (int q = 3; q * q <= m; q += 2)
+            if (m % q == 0) {
+                p = q;
+                break;
+            }
+        return (p == 5 && a >= 2) ? 20 : p;  // 320 = 20·16, 640 = 20·2·16: one stage less
+    }
+    return (a % 4) ? (1 << (a % 4)) : 16;
 }
 
 __device__ __forceinline__ bool flat_row_has_butterfly(int r) {
     return r == 2 || r == 3 || r == 4 || r == 5 || r == 7 || r == 8 || r == 11 || r == 13 || r == 16 ||
-           r == 17 || r == 19 || r == 23;
+           r == 17 || r == 19 || r == 20 || r == 23;
 }
 
 // Where the inputs of a stage come from (block-uniform):
@@ -235,6 +243,49 @@ struct frow_bfly<T, C, 16> {
             frow_dft4(v[4 * k0], v[4 * k0 + 1], v[4 * k0 + 2], v[4 * k0 + 3], inverse);
 #pragma unroll
             for (int k1 = 0; k1 < 4; ++k1) out[base + (k0 + 4 * k1) * Ns] = v[4 * k0 + k1];
+        }
+    }
+};
+
+// 20 = 4·5: r = 4·r1 + r0, k = k0 + 5·k1:  y_k = Σ_r0 ω4^{r0·k1}·ω20^{r0·k0}·[Σ_r1 ω5^{r1·k0}·v_{4·r1+r0}].
+// The 5-point DFTs use the (j, 5−j) symmetry; ω20^m (m = r0·k0 ≤ 12) comes from the table.
+template <typename T, typename C>
+__device__ __forceinline__ void frow_dft5(C& a0, C& a1, C& a2, C& a3, C& a4, int inverse) {
+    const T c1 = (T)0.30901699437494742410, c2 = (T)-0.80901699437494742410;  // cos(2π/5), cos(4π/5)
+    const T s1 = (T)0.95105651629515357212, s2 = (T)0.58778525229247312917;   // sin(2π/5), sin(4π/5)
+    const T sg = inverse ? (T)1 : (T)-1;
+    const C p1 = frow_add(a1, a4), m1 = frow_sub(a1, a4), p2 = frow_add(a2, a3), m2 = frow_sub(a2, a3);
+    C A1, A2, B1, B2;  // y_k = A_k + i·σ·B_k, y_{5−k} = A_k − i·σ·B_k
+    A1.x = a0.x + c1 * p1.x + c2 * p2.x;
+    A1.y = a0.y + c1 * p1.y + c2 * p2.y;
+    A2.x = a0.x + c2 * p1.x + c1 * p2.x;
+    A2.y = a0.y + c2 * p1.y + c1 * p2.y;
+    B1.x = sg * (s1 * m1.x + s2 * m2.x);
+    B1.y = sg * (s1 * m1.y + s2 * m2.y);
+    B2.x = sg * (s2 * m1.x - s1 * m2.x);
+    B2.y = sg * (s2 * m1.y - s1 * m2.y);
+    a0 = frow_add(a0, frow_add(p1, p2));
+    a1 = frow_add(A1, frow_rot(B1, 1));
+    a4 = frow_sub(A1, frow_rot(B1, 1));
+    a2 = frow_add(A2, frow_rot(B2, 1));
+    a3 = frow_sub(A2, frow_rot(B2, 1));
+}
+
+template <typename T, typename C>
+struct frow_bfly<T, C, 20> {
+    __device__ __forceinline__ static void run(C (&v)[20], C* out, int base, int Ns, const C* tw, int N, int inverse) {
+#pragma unroll
+        for (int r0 = 0; r0 < 4; ++r0) frow_dft5<T>(v[r0], v[r0 + 4], v[r0 + 8], v[r0 + 12], v[r0 + 16], inverse);
+        const int st = N / 20;
+#pragma unroll
+        for (int r0 = 1; r0 < 4; ++r0)
+#pragma unroll
+            for (int k0 = 1; k0 < 5; ++k0) v[r0 + 4 * k0] = frow_mul(v[r0 + 4 * k0], frow_tw(tw, r0 * k0 * st, inverse));
+#pragma unroll
+        for (int k0 = 0; k0 < 5; ++k0) {
+            frow_dft4(v[4 * k0], v[4 * k0 + 1], v[4 * k0 + 2], v[4 * k0 + 3], inverse);
+#pragma unroll
+            for (int k1 = 0; k1 < 4; ++k1) out[base + (k0 + 5 * k1) * Ns] = v[4 * k0 + k1];
         }
     }
 };
@@ -373,6 +424,7 @@ __device__ void frow_fft(frow_input<T> first, typename frow_complex<T>::type* b0
             case 16: frow_stage<T, 16>(src, dst, tw, N, Ns, nb, inverse); break;
             case 17: frow_stage<T, 17>(src, dst, tw, N, Ns, nb, inverse); break;
             case 19: frow_stage<T, 19>(src, dst, tw, N, Ns, nb, inverse); break;
+            case 20: frow_stage<T, 20>(src, dst, tw, N, Ns, nb, inverse); break;
             case 23: frow_stage<T, 23>(src, dst, tw, N, Ns, nb, inverse); break;
             default: frow_stage_any<T>(src, dst, tw, N, Ns, R, nb, inverse); break;
         }

@@ -89,22 +89,25 @@ x, v, Aᴴy read once; the output written once), the floating-point operations o
 
 def row_radices(W: int) -> list:
     """The Stockham radices of row_step.cu for length W, in order (same rule as flat_row_next_radix:
-    the odd prime factors, smallest first, then the power of two as 16s and one 8, 4 or 2)."""
+    the odd prime factors, smallest first (a 5 with a factor 4 as one radix 20), then 2^a as one
+    2, 4 or 8 (a mod 4 ≠ 0) and 16s)."""
     out, n = [], int(W)
     while n > 1:
-        m = n
+        m, a = n, 0
         while m % 2 == 0:
             m //= 2
+            a += 1
         if m > 1:
             r = next((p for p in range(3, math.isqrt(m) + 1, 2) if m % p == 0), m)
+            r = 20 if r == 5 and a >= 2 else r  # 320 = 20·16
         else:
-            r = 16 if n >= 16 else n
+            r = 1 << (a % 4) if a % 4 else 16
         out.append(r)
         n //= r
     return out
 
 
-_ROW_BUTTERFLY = (2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 19, 23)  # radices with an explicit butterfly
+_ROW_BUTTERFLY = (2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 19, 20, 23)  # radices with an explicit butterfly
 
 
 def row_plan(C: int, W: int, complex_bytes: int, limits) -> dict | None:
@@ -133,57 +136,115 @@ def _butterfly_flops(R: int) -> int:
         return 2 * 16 + 3 * 6 + 4 * 4
     if R == 16:
         return 8 * 16 + 9 * 6
+    if R == 20:
+        return 4 * 48 + 12 * 6 + 5 * 16  # four 5-point DFTs, twelve ω20 multiplies, five 4-point DFTs
     h = (R - 1) // 2
     return 8 * h * h + 10 * h
 
 
-def _fft_counts(W: int, first: str):
-    """(flops, shared-memory traffic in complex elements) of one length-W transform of one row.
+def _wavefronts(addrs, complex_bytes):
+    """Shared-memory wavefronts of one warp access to complex elements ``addrs`` (one per lane),
+    relative to the conflict-free count: lanes go in groups of 128 bytes (16 lanes of 8-byte or 8
+    of 16-byte elements); a group costs the largest number of distinct elements on one bank set."""
+    per = 128 // complex_bytes
+    actual = ideal = 0
+    for g in range(0, len(addrs), per):
+        banks = {}
+        for a in set(addrs[g:g + per]):
+            banks[a % per] = banks.get(a % per, 0) + 1
+        actual += max(banks.values())
+        ideal += 1
+    return actual, ideal
+
+
+def _stage_conflicts(W, R, Ns, nb, complex_bytes, direct):
+    """(read, write) bank-conflict factors of one Stockham stage, lanes mapped as row_step.cu does
+    (thread e of nb·W/R butterflies, or of nb·W outputs for a direct-DFT stage; warps of 32)."""
+    L = W // R
+    n_e = nb * (W if direct else L)
+    tot = {"r": [0, 0], "w": [0, 0]}
+    for w0 in range(0, n_e, 32):
+        es = range(w0, min(w0 + 32, n_e))
+        if direct:
+            idx = [(e // W, (e % W) % L, (e % W) // L) for e in es]  # (row, j, r)
+            reads = [[row * W + j + q * L for row, j, _ in idx] for q in range(R)]
+            writes = [[row * W + (j - j % Ns) * R + j % Ns + r * Ns for row, j, r in idx]]
+        else:
+            idx = [(e // L, e % L) for e in es]
+            reads = [[row * W + j + r * L for row, j in idx] for r in range(R)]
+            writes = [[row * W + (j - j % Ns) * R + j % Ns + r * Ns for row, j in idx] for r in range(R)]
+        for key, accesses in (("r", reads), ("w", writes)):
+            for a in accesses:
+                got, ideal = _wavefronts(a, complex_bytes)
+                tot[key][0] += got
+                tot[key][1] += ideal
+    return tot["r"][0] / tot["r"][1], tot["w"][0] / tot["w"][1]
+
+
+def _fft_counts(W: int, first: str, nb: int = 8, complex_bytes: int = 8):
+    """(flops, shared-memory traffic, the same weighted by bank conflicts) of one length-W transform
+    of one row, traffic in complex elements; ``nb`` coil rows per chunk (for the lane mapping).
 
     ``first``: how the first stage reads, "smem", "coils" (S from global memory times xs, S kept in
     Ss: 2 shared accesses per input) or "mask" (plus the real weight: half an element).
     """
-    flops = smem = 0
+    flops = smem = eff = 0
     Ns = 1
     for i, R in enumerate(row_radices(W)):
         L = W // R
         mode = first if i == 0 else "smem"
         per_in = {"smem": 1.0, "coils": 2.0, "mask": 1.5}[mode]
-        if R in _ROW_BUTTERFLY:
-            h = (R - 1) // 2 if R % 2 else 0
+        direct = R not in _ROW_BUTTERFLY
+        rf, wf = _stage_conflicts(W, R, Ns, nb, complex_bytes, direct)
+        if not direct:
+            h = (R - 1) // 2 if R % 2 else (12 if R == 20 else 0)  # table reads inside the butterfly
             twiddle = (2 * R - 3) * 6 if Ns > 1 else 0  # R − 1 multiplies and the power chain
             flops += L * (_butterfly_flops(R) + twiddle) + (6 * W if mode == "coils" else 0)
-            smem += per_in * W + W + L * ((1 if Ns > 1 else 0) + h)  # in, out, w1, cos/sin (broadcast)
+            extra = L * ((1 if Ns > 1 else 0) + h)  # w1, cos/sin (broadcast reads)
+            smem += per_in * W + W + extra
+            eff += per_in * W * rf + W * wf + extra
         else:  # direct DFT: R complex multiply-adds per output, data and table read per term
             flops += 8 * R * W
             smem += (per_in + 1) * R * W + W
+            eff += per_in * R * W * rf + R * W + W * wf
         Ns *= R
-    return flops, smem
+    return flops, smem, eff
 
 
 def row_step_work(B: int, C: int, H: int, W: int, complex_bytes: int, has_v: bool = True,
-                  has_r0: bool = True, chunks: int = 1) -> dict:
+                  has_r0: bool = True, Cg: int | None = None) -> dict:
     """Work of one flat_row_step launch (see ROW_KERNELS) as the code does it.
 
-    dram_bytes: S, x, [v], [Aᴴy] read once, the output written once, the mask row per block (L2).
-    flops: real floating-point operations (FMA = 2). smem_bytes: shared-memory traffic, bank
-    conflicts not counted (an odd first radix writes conflict-free; later stages may conflict up
-    to 2-3 way at small Ns). ``chunks``: coil chunks per row (row_plan).
+    dram_bytes: S, x, [v], [Aᴴy] read once, the output written once, the mask once per sample (its
+    re-reads by every block of a sample are L2 hits).
+    flops: real floating-point operations (FMA = 2).
+    smem_bytes: shared-memory traffic; smem_wavefront_bytes: the same with every FFT-stage access
+    weighted by its bank-conflict factor (simulated lane by lane for 256-thread blocks).
+    ``Cg``: coils per chunk (row_plan; default all C).
     """
+    Cg = C if Cg is None else Cg
+    chunks = -(-C // Cg)
     rows, px = B * H, B * H * W
     cb = complex_bytes
-    dram = cb * (B * C * H * W + px * (2 + int(has_v) + int(has_r0))) + rows * W * (cb // 2)
+    dram = cb * (B * C * H * W + px * (2 + int(has_v) + int(has_r0))) + B * W * (cb // 2)
     radices = row_radices(W)
     fold = bool(radices) and radices[0] in _ROW_BUTTERFLY
-    ff, fs = _fft_counts(W, "coils" if fold else "smem") if W > 1 else (0, 0)
-    fi, si = _fft_counts(W, "mask") if W > 1 else (W, 1.5 * W)
+    if W > 1:
+        ff, fs, fe = _fft_counts(W, "coils" if fold else "smem", Cg, cb)
+        fi, si, ie = _fft_counts(W, "mask", Cg, cb)
+    else:
+        ff = fs = fe = 0
+        fi, si, ie = W, 1.5 * W, 1.5 * W
     pro_f, pro_s = (0, 0) if fold else (6 * W, 3 * W)  # separate S·x pass: write Ss, u; read xs
     per_coil_flops = ff + fi + pro_f + 8 * W  # + conj(S)·u accumulate
-    per_coil_smem = fs + si + pro_s + 2 * W  # + read Ss, u
+    rest = pro_s + 2 * W  # + read Ss, u in the accumulate
     flops = rows * C * per_coil_flops + px * 12
-    smem = cb * (rows * C * per_coil_smem + rows * chunks * 2 * W + px * 4.5)
-    return {"dram_bytes": dram, "flops": flops, "smem_bytes": int(smem), "blocks": rows,
-            "threads": ROW_THREADS, "radices": radices, "fold_prologue": fold}
+    other = rows * chunks * 2 * W + px * 4.5  # acc per chunk; xs, acc, ms per row; epilogue reads
+    smem = cb * (rows * C * (fs + si + rest) + other)
+    eff = cb * (rows * C * (fe + ie + rest) + other)
+    return {"dram_bytes": dram, "flops": flops, "smem_bytes": int(smem), "smem_wavefront_bytes": int(eff),
+            "blocks": rows, "threads": ROW_THREADS, "radices": radices, "fold_prologue": fold,
+            "chunks": chunks}
 
 
 def _ishift(n: int) -> int:
