@@ -202,6 +202,7 @@ def test_row_radices_factor_w():
     assert ENG.row_radices(45) == [3, 3, 5]
     assert ENG.row_radices(367) == [367]
     assert ENG.row_radices(1) == []
+    assert ENG.row_ld(368) == 375 and ENG.row_ld(320) == 324 and ENG.row_ld(367) == 367
     for w in range(1, 700):
         assert int(np.prod(ENG.row_radices(w))) == w, w
 
@@ -209,7 +210,7 @@ def test_row_radices_factor_w():
 def test_row_plan_chunks_and_limits():
     # knee complex64: two blocks per SM on Hopper (113 KB), all 15 coils do not fit: 2 chunks of 8
     knee = ENG.row_plan(15, 368, 8, (115712, 232448))
-    assert knee == {"Cg": 8, "chunks": 2, "smem_bytes": 3 * 368 * 8 + 368 * 4 + 8 * 3 * 368 * 8}
+    assert knee == {"Cg": 8, "chunks": 2, "ld": 375, "smem_bytes": 3 * 368 * 8 + 368 * 4 + 8 * (368 + 2 * 375) * 8}
     assert knee["smem_bytes"] <= 115712
     # knee complex128: only the opt-in maximum is tried
     k128 = ENG.row_plan(15, 368, 16, (232448,))
@@ -418,7 +419,9 @@ def test_row_kernel_weighted_mask(libs):
 def test_row_kernel_coil_chunks(libs):
     """C = 20 coils through a budget that holds 3 coil rows: 7 balanced chunks of <= 3, same result."""
     W, cb = 46, 8
-    fixed, per_coil = 3 * W * cb + W * cb // 2, 3 * W * cb
+    ld = ENG.row_ld(W)
+    assert ld == 55  # 46 = 23·2: padded to 55 ≡ 23 (mod 16)
+    fixed, per_coil = 3 * W * cb + W * cb // 2, (W + 2 * ld) * cb
     rt, out, want = _normal_case(libs, 2, 20, 3, W, torch.complex64, threads=16, limits=(fixed + 3 * per_coil,))
     assert rt.launched == ["row_step"] and rt.row_smem == [fixed + 3 * per_coil]
     assert_rel_close(_t(out), want, dtype=torch.complex64, name="chunked flow_step")

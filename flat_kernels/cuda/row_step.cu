@@ -29,9 +29,11 @@
 //
 // Launch: grid (rows, batches) with row/batch-stride loops (any grid is correct), blockDim.x ≤
 // FLAT_ROW_THREADS (any count is correct), dynamic shared memory
-//     (3·W + 3·Cg·W)·sizeof(complex) + W·sizeof(real)
-// laid out as tw[W], xs[W], acc[W], Ss[Cg·W], b0[Cg·W], b1[Cg·W], ms[W] (the runtime computes it,
-// flat_kernels/cupy/_engine.py: row_plan). Barriers are block-uniform (every loop bound below the
+//     (3·W + Cg·W + 2·Cg·ld)·sizeof(complex) + W·sizeof(real)
+// laid out as tw[W], xs[W], acc[W], Ss[Cg·W], b0[Cg·ld], b1[Cg·ld], ms[W] (the runtime computes it,
+// flat_kernels/cupy/_engine.py: row_plan). ld >= W is the row stride of the FFT buffers: the host
+// pads it so that ld ≡ W/R_last (mod 16), which makes the reads of the last stage, whose warps span
+// two coil rows, fall on consecutive banks. Barriers are block-uniform (every loop bound below the
 // barriers depends only on kernel arguments), as __syncthreads requires.
 //
 // Layout and conventions as flat_kernels/cuda/dc_fused.cu: C-contiguous interleaved complex, images
@@ -128,6 +130,7 @@ template <typename T>
 struct frow_input {
     typedef typename frow_complex<T>::type C;
     int mode;
+    int ld;             // row stride of `in` (SMEM, MASK)
     const C* in;        // SMEM, MASK
     const T* ms;        // MASK
     const C* sg;        // COILS: S[b, c0, h, 0]; row stride sstride
@@ -140,7 +143,7 @@ struct frow_input {
             ss[row * N + i] = s;
             return frow_mul(s, xs[i]);
         }
-        C a = in[row * N + i];
+        C a = in[row * ld + i];
         if (mode == FROW_IN_MASK) {
             const T w = ms[i];
             a.x = w == (T)0 ? (T)0 : a.x * w;
@@ -343,7 +346,7 @@ struct frow_bfly {
 // w_r = w_{r−1}·w1 (rounding grows like r·eps: ≤ 23 steps).
 template <typename T, int R>
 __device__ void frow_stage(const frow_input<T> src, typename frow_complex<T>::type* dst,
-                           const typename frow_complex<T>::type* tw, int N, int Ns, int nb, int inverse) {
+                           const typename frow_complex<T>::type* tw, int N, int ld, int Ns, int nb, int inverse) {
     typedef typename frow_complex<T>::type C;
     const int L = N / R;
     const int tstep = N / (Ns * R);
@@ -365,7 +368,7 @@ __device__ void frow_stage(const frow_input<T> src, typename frow_complex<T>::ty
                 if (r + 1 < R) w = frow_mul(w, w1);
             }
         }
-        frow_bfly<T, C, R>::run(v, dst + row * N, (j - k) * R + k, Ns, tw, N, inverse);
+        frow_bfly<T, C, R>::run(v, dst + row * ld, (j - k) * R + k, Ns, tw, N, inverse);
     }
 }
 
@@ -374,7 +377,7 @@ __device__ void frow_stage(const frow_input<T> src, typename frow_complex<T>::ty
 // (pre-twiddle and DFT kernel in one table index, advanced modulo N).
 template <typename T>
 __device__ void frow_stage_any(const frow_input<T> src, typename frow_complex<T>::type* dst,
-                               const typename frow_complex<T>::type* tw, int N, int Ns, int R, int nb,
+                               const typename frow_complex<T>::type* tw, int N, int ld, int Ns, int R, int nb,
                                int inverse) {
     typedef typename frow_complex<T>::type C;
     const int L = N / R;
@@ -395,7 +398,7 @@ __device__ void frow_stage_any(const frow_input<T> src, typename frow_complex<T>
             t += step;
             if (t >= N) t -= N;
         }
-        dst[row * N + (j - k) * R + k + r * Ns] = acc;
+        dst[row * ld + (j - k) * R + k + r * Ns] = acc;
     }
 }
 
@@ -404,7 +407,7 @@ __device__ void frow_stage_any(const frow_input<T> src, typename frow_complex<T>
 template <typename T>
 __device__ void frow_fft(frow_input<T> first, typename frow_complex<T>::type* b0,
                          typename frow_complex<T>::type* b1, typename frow_complex<T>::type** res,
-                         const typename frow_complex<T>::type* tw, int N, int nb, int inverse) {
+                         const typename frow_complex<T>::type* tw, int N, int ld, int nb, int inverse) {
     typedef typename frow_complex<T>::type C;
     frow_input<T> src = first;
     C* dst = b0;
@@ -413,20 +416,20 @@ __device__ void frow_fft(frow_input<T> first, typename frow_complex<T>::type* b0
     for (int rem = N; rem > 1;) {
         const int R = flat_row_next_radix(rem);
         switch (R) {
-            case 2: frow_stage<T, 2>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 3: frow_stage<T, 3>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 4: frow_stage<T, 4>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 5: frow_stage<T, 5>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 7: frow_stage<T, 7>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 8: frow_stage<T, 8>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 11: frow_stage<T, 11>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 13: frow_stage<T, 13>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 16: frow_stage<T, 16>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 17: frow_stage<T, 17>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 19: frow_stage<T, 19>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 20: frow_stage<T, 20>(src, dst, tw, N, Ns, nb, inverse); break;
-            case 23: frow_stage<T, 23>(src, dst, tw, N, Ns, nb, inverse); break;
-            default: frow_stage_any<T>(src, dst, tw, N, Ns, R, nb, inverse); break;
+            case 2: frow_stage<T, 2>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 3: frow_stage<T, 3>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 4: frow_stage<T, 4>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 5: frow_stage<T, 5>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 7: frow_stage<T, 7>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 8: frow_stage<T, 8>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 11: frow_stage<T, 11>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 13: frow_stage<T, 13>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 16: frow_stage<T, 16>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 17: frow_stage<T, 17>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 19: frow_stage<T, 19>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 20: frow_stage<T, 20>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            case 23: frow_stage<T, 23>(src, dst, tw, N, ld, Ns, nb, inverse); break;
+            default: frow_stage_any<T>(src, dst, tw, N, ld, Ns, R, nb, inverse); break;
         }
         __syncthreads();
         src.mode = FROW_IN_SMEM;
@@ -450,15 +453,15 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
                               const T* __restrict__ cc, int c_stride,
                               typename frow_complex<T>::type* __restrict__ out,
                               int has_x, int has_v, int has_r0, int B, int Cn, int H, int W, int Bm, int Cg,
-                              unsigned char* smem) {
+                              int ld, unsigned char* smem) {
     typedef typename frow_complex<T>::type C;
     C* tw = reinterpret_cast<C*>(smem);
     C* xs = tw + W;
     C* acc = xs + W;
     C* Ss = acc + W;
     C* b0 = Ss + (long long)Cg * W;
-    C* b1 = b0 + (long long)Cg * W;
-    T* ms = reinterpret_cast<T*>(b1 + (long long)Cg * W);
+    C* b1 = b0 + (long long)Cg * ld;
+    T* ms = reinterpret_cast<T*>(b1 + (long long)Cg * ld);
     const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
     // S·x is formed while the first forward stage loads (one pass less over shared memory), when
     // that stage has a butterfly; a direct-DFT first stage reads each input R times, so it gets a
@@ -497,6 +500,7 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
                 const C* srow = S + ((long long)b * Cn + c0) * H * W + (long long)h * W;
                 __syncthreads();  // xs, ms, tw written; the previous chunk is done with Ss, b0, b1
                 frow_input<T> in;
+                in.ld = ld;
                 in.ms = ms;
                 in.sg = srow;
                 in.sstride = (long long)H * W;
@@ -512,29 +516,29 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
                         const int w = e - c * W;
                         const C s = srow[c * in.sstride + w];
                         Ss[e] = s;
-                        b1[e] = frow_mul(s, xs[w]);
+                        b1[c * ld + w] = frow_mul(s, xs[w]);
                     }
                     __syncthreads();
                     in.mode = FROW_IN_SMEM;
                     in.in = b1;
                 }
                 if (W > 1) {
-                    frow_fft<T>(in, b0, b1, &u, tw, W, nb, 0);  // u = F(S·x) (in b0 or b1)
+                    frow_fft<T>(in, b0, b1, &u, tw, W, ld, nb, 0);  // u = F(S·x) (in b0 or b1)
                     in.mode = FROW_IN_MASK;
                     in.in = u;
                     C* o = u == b0 ? b1 : b0;
-                    frow_fft<T>(in, o, u, &u, tw, W, nb, 1);  // u = Fᴴ(ms ⊙ u): ms carries 1/W
+                    frow_fft<T>(in, o, u, &u, tw, W, ld, nb, 1);  // u = Fᴴ(ms ⊙ u): ms carries 1/W
                 } else {
                     for (int e = tid; e < nb; e += nt) {
                         in.mode = FROW_IN_MASK;
                         in.in = b1;
-                        b0[e] = in.load(e, 0, 1);
+                        b0[e * ld] = in.load(e, 0, 1);
                     }
                     __syncthreads();
                 }
                 for (int w = tid; w < W; w += nt) {  // thread-owned columns: no race on acc
                     C t = acc[w];
-                    for (int c = 0; c < nb; ++c) t = frow_add(t, frow_cmul(Ss[c * W + w], u[c * W + w]));
+                    for (int c = 0; c < nb; ++c) t = frow_add(t, frow_cmul(Ss[c * W + w], u[c * ld + w]));
                     acc[w] = t;
                 }
             }
@@ -568,10 +572,10 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
         const frow_complex<T>::type* __restrict__ V, const frow_complex<T>::type* __restrict__ R0,    \
         const T* __restrict__ M, const T* __restrict__ a, int a_stride, const T* __restrict__ cc,     \
         int c_stride, frow_complex<T>::type* __restrict__ out, int has_x, int has_v, int has_r0,      \
-        int B, int Cn, int H, int W, int Bm, int Cg) {                                                \
+        int B, int Cn, int H, int W, int Bm, int Cg, int ld) {                                        \
         FLAT_ROW_SMEM(smem);                                                                          \
         flat_row_step<T>(S, X, V, R0, M, a, a_stride, cc, c_stride, out, has_x, has_v, has_r0, B, Cn, \
-                         H, W, Bm, Cg, smem);                                                         \
+                         H, W, Bm, Cg, ld, smem);                                                     \
     }
 
 FLAT_ROW_INSTANTIATE(c64, float, 2)

@@ -71,7 +71,7 @@ ROW_SIGNATURES = {
         ("S", "ptr"), ("X", "ptr"), ("V", "ptr"), ("R0", "ptr"), ("M", "rptr"),
         ("a", "rptr"), ("a_stride", "int"), ("cc", "rptr"), ("c_stride", "int"), ("out", "ptr"),
         ("has_x", "int"), ("has_v", "int"), ("has_r0", "int"),
-        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("Bm", "int"), ("Cg", "int"),
+        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("Bm", "int"), ("Cg", "int"), ("ld", "int"),
     ),
 }
 ROW_THREADS = 256  # FLAT_ROW_THREADS of row_step.cu (the __launch_bounds__ of the kernel)
@@ -110,21 +110,31 @@ def row_radices(W: int) -> list:
 _ROW_BUTTERFLY = (2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 19, 20, 23)  # radices with an explicit butterfly
 
 
+def row_ld(W: int) -> int:
+    """Row stride of the kernel's FFT buffers: W padded to ld ≡ W/R_last (mod 16), so that a warp
+    reading the last stage's inputs across two coil rows hits consecutive banks (row_step.cu)."""
+    radices = row_radices(W)
+    if len(radices) < 2:
+        return W
+    return W + (W // radices[-1] - W) % 16
+
+
 def row_plan(C: int, W: int, complex_bytes: int, limits) -> dict | None:
     """Coil chunk and shared memory of one block, or None when one coil row does not fit.
 
-    Shared memory: tw, xs, acc (W complex each), Ss, b0, b1 (Cg·W complex each), ms (W real).
-    ``limits`` are per-block byte budgets tried in order (e.g. the size that keeps two blocks per
-    SM, then the opt-in maximum); chunks are balanced (ceil(C / ceil(C / Cg_max)) coils each).
+    Shared memory: tw, xs, acc (W complex each), Ss (Cg·W), b0, b1 (Cg·ld complex each), ms (W
+    real). ``limits`` are per-block byte budgets tried in order (e.g. the size that keeps two blocks
+    per SM, then the opt-in maximum); chunks are balanced (ceil(C / ceil(C / Cg_max)) coils each).
     """
+    ld = row_ld(W)
     fixed = 3 * W * complex_bytes + W * (complex_bytes // 2)
-    per_coil = 3 * W * complex_bytes
+    per_coil = (W + 2 * ld) * complex_bytes
     for budget in limits:
         cg_max = (int(budget) - fixed) // per_coil
         if cg_max >= 1:
             chunks = -(-C // cg_max)
             cg = -(-C // chunks)
-            return {"Cg": cg, "chunks": chunks, "smem_bytes": fixed + cg * per_coil}
+            return {"Cg": cg, "chunks": chunks, "ld": ld, "smem_bytes": fixed + cg * per_coil}
     return None
 
 
@@ -157,22 +167,23 @@ def _wavefronts(addrs, complex_bytes):
     return actual, ideal
 
 
-def _stage_conflicts(W, R, Ns, nb, complex_bytes, direct):
+def _stage_conflicts(W, R, Ns, nb, complex_bytes, direct, ld=None):
     """(read, write) bank-conflict factors of one Stockham stage, lanes mapped as row_step.cu does
     (thread e of nb·W/R butterflies, or of nb·W outputs for a direct-DFT stage; warps of 32)."""
     L = W // R
+    ld = W if ld is None else ld
     n_e = nb * (W if direct else L)
     tot = {"r": [0, 0], "w": [0, 0]}
     for w0 in range(0, n_e, 32):
         es = range(w0, min(w0 + 32, n_e))
         if direct:
             idx = [(e // W, (e % W) % L, (e % W) // L) for e in es]  # (row, j, r)
-            reads = [[row * W + j + q * L for row, j, _ in idx] for q in range(R)]
-            writes = [[row * W + (j - j % Ns) * R + j % Ns + r * Ns for row, j, r in idx]]
+            reads = [[row * ld + j + q * L for row, j, _ in idx] for q in range(R)]
+            writes = [[row * ld + (j - j % Ns) * R + j % Ns + r * Ns for row, j, r in idx]]
         else:
             idx = [(e // L, e % L) for e in es]
-            reads = [[row * W + j + r * L for row, j in idx] for r in range(R)]
-            writes = [[row * W + (j - j % Ns) * R + j % Ns + r * Ns for row, j in idx] for r in range(R)]
+            reads = [[row * ld + j + r * L for row, j in idx] for r in range(R)]
+            writes = [[row * ld + (j - j % Ns) * R + j % Ns + r * Ns for row, j in idx] for r in range(R)]
         for key, accesses in (("r", reads), ("w", writes)):
             for a in accesses:
                 got, ideal = _wavefronts(a, complex_bytes)
@@ -195,7 +206,7 @@ def _fft_counts(W: int, first: str, nb: int = 8, complex_bytes: int = 8):
         mode = first if i == 0 else "smem"
         per_in = {"smem": 1.0, "coils": 2.0, "mask": 1.5}[mode]
         direct = R not in _ROW_BUTTERFLY
-        rf, wf = _stage_conflicts(W, R, Ns, nb, complex_bytes, direct)
+        rf, wf = _stage_conflicts(W, R, Ns, nb, complex_bytes, direct, row_ld(W))
         if not direct:
             h = (R - 1) // 2 if R % 2 else (12 if R == 20 else 0)  # table reads inside the butterfly
             twiddle = (2 * R - 3) * 6 if Ns > 1 else 0  # R − 1 multiplies and the power chain
@@ -387,7 +398,7 @@ class Engine:
         out = self.rt.empty((B, H, W), S.dtype)
         kw = dict(S=S, X=z, V=v, R0=r0, M=mask, a=aa, a_stride=as_, cc=cc, c_stride=cs, out=out,
                   has_x=int(keep_z), has_v=int(v is not None), has_r0=int(r0 is not None),
-                  B=B, Cn=C, H=H, W=W, Bm=mask.shape[0], Cg=plan["Cg"])
+                  B=B, Cn=C, H=H, W=W, Bm=mask.shape[0], Cg=plan["Cg"], ld=plan["ld"])
         args = [(kind, kw[pname]) for pname, kind in ROW_SIGNATURES["row_step"]]
         self.rt.launch_rows("row_step", S.dtype, B, H, plan["smem_bytes"], args)
         return out
