@@ -127,6 +127,10 @@ class FlatModel(nn.Module):
             raise ValueError("sens: this model was configured with model.sens=given; pass sens maps")
         if self.sens_net is not None:
             return self.sens_net(masked_kspace, num_low_frequencies)
+        if self.cfg.sens == "espirit":  # normally precomputed once per slice and passed as sens
+            from flat.coils import estimate_maps
+
+            return estimate_maps(masked_kspace, num_low_frequencies).to(masked_kspace.dtype)
         return fixed_acs_sens(masked_kspace, num_low_frequencies)
 
     def target_image(self, kspace: torch.Tensor, out: FlowOutput) -> torch.Tensor:
@@ -139,11 +143,12 @@ class FlatModel(nn.Module):
     # -- the flow -------------------------------------------------------------------------------
     def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies,
                 *, sens: torch.Tensor | None = None, steps: int | None = None,
-                backend: str | None = None) -> FlowOutput:
+                backend: str | None = None, cascade=None) -> FlowOutput:
         """masked_kspace (B, C, H, W) complex64, or fastMRI's real layout (B, C, H, W, 2);
         mask (W,), (B, W), (B, 1, 1|H, W) or fastMRI's (B, 1, 1, W, 1); num_low_frequencies int,
         (B,), or None / 0 to infer it from the mask as fastMRI's VarNet does; ``steps`` another K
-        (shared-weight flat models only)."""
+        (shared-weight flat models only). ``cascade``: a stand-in for :meth:`cascade` with its
+        signature (a compiled or CUDA-graph version: flat.inference.make_forward)."""
         import flat.ops as fo
 
         masked_kspace, _ = complex_kspace(masked_kspace)
@@ -169,25 +174,47 @@ class FlatModel(nn.Module):
         if cfg.mode == "flat" and max(cfg.dc_weights(K)) >= 2.0:
             raise ValueError(f"steps: {K} steps give a per-step DC weight Δt·λ = "
                              f"{max(cfg.dc_weights(K)):.3g} >= 2 (unstable explicit Euler); use more steps")
+        # t, Δt and λ as device tensors, built once per forward: the cascade then needs no Python
+        # float per step (a graph break under torch.compile) and no host-to-device copy per op
+        # call (illegal during CUDA-graph capture); docs/gpu.md
+        dev = y.device
+        t_dev = t.to(device=dev, dtype=torch.float32)
+        dts_dev = dts.to(device=dev, dtype=torch.float32)
+        lam_dev = torch.full((), lam, dtype=torch.float32, device=dev)
+        ahy = fo.sense_adjoint(y, S, mask)  # x_0 = Aᴴy, computed once
+        images, k_state = (cascade or self.cascade)(ahy, y, S, mask, t_dev, dts_dev, lam_dev, backend=backend)
+        final = None
+        if cfg.unet == "fastmri" and cfg.state == "kspace":  # E2E-VarNet's read-out: RSS of coil images
+            final = fo.rss(fo.ifft2c(k_state, backend=backend), dim=1, backend=backend)
+        return FlowOutput(images=images, times=t, scale=scale, sens=S, final=final)
+
+    def cascade(self, ahy, y, S, mask, t, dts, lam, *, backend=None):
+        """The K Euler steps from x_0 = ``ahy``: (the K + 1 states, the final k-space state).
+
+        ``t`` (K + 1,), ``dts`` (K,) and ``lam`` () are float32 tensors on the data's device: no host
+        sync anywhere, so this compiles with ``fullgraph=True`` and can be captured in a CUDA graph.
+        """
+        import flat.ops as fo
+
+        cfg = self.cfg
+        K, B = dts.shape[0], y.shape[0]
         dev_type = y.device.type
         gain = cfg.gain()
-
-        ahy = fo.sense_adjoint(y, S, mask)  # x_0 = Aᴴy, computed once
         x = ahy
         k_state = y
         images = [x]
         for k in range(K):
             net = self.nets[0 if cfg.shared_weights else k]
-            tk = torch.full((B,), float(t[k]), device=y.device) if cfg.mode == "flat" else None
+            tk = t[k].expand(B) if cfg.mode == "flat" else None
             v = net(x, tk, ahy) if cfg.cond_x0 else net(x, tk)
             if cfg.unet == "fastmri":  # VarNet's convention: the network term is the step, subtracted
-                v = -v / float(dts[k])
+                v = -v / dts[k]
             elif gain != 1.0:
                 v = v * gain  # fixed parametrisation constant (ModelConfig.velocity_gain)
             # the DC step stays in complex64 even under autocast (SPEC §4 / issue 6)
             with torch.autocast(dev_type, enabled=False):
                 v = v.to(torch.complex64)
-                dt_k = float(dts[k])
+                dt_k = dts[k]
                 lam_k = lam if cfg.mode == "flat" else self.dc_weight[k].float()
                 if cfg.state == "image":
                     x = fo.flow_step(x, v, y, S, mask, dt_k, lam_k, ahy=ahy, backend=backend)
@@ -195,10 +222,7 @@ class FlatModel(nn.Module):
                     k_state = fo.kspace_flow_step(k_state, v, y, S, mask, dt_k, lam_k, backend=backend)
                     x = fo.sens_reduce(k_state, S, backend=backend)
             images.append(x)
-        final = None
-        if cfg.unet == "fastmri" and cfg.state == "kspace":  # E2E-VarNet's read-out: RSS of coil images
-            final = fo.rss(fo.ifft2c(k_state, backend=backend), dim=1, backend=backend)
-        return FlowOutput(images=images, times=t, scale=scale, sens=S, final=final)
+        return images, k_state
 
 
 def build_model(cfg: ModelConfig) -> FlatModel:

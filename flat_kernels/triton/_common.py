@@ -104,18 +104,38 @@ def centered_dft(W: int, dtype: torch.dtype, device: torch.device):
     return hit
 
 
+_COLS_CACHE: dict = {}  # (data_ptr, version, shape, stride, dtype, device) -> (mask, idx, val, cnt)
+_COLS_CACHE_SIZE = 8
+
+
 def sampled_columns(mask: torch.Tensor):
     """Column mask (Bm, 1, W) -> (idx, val, cnt): sampled columns first, per mask row.
 
     idx (Bm, W) int32: column indices, the n_s sampled ones first (stable order);
     val (Bm, W): mask values in that order (0 after the first n_s); cnt (Bm,) int32: n_s.
     Device ops only: the kernel reads n_s itself, so there is no host sync (CUDA-graph safe).
+
+    Cached while the mask tensor is unchanged (same pointer and version counter; the entry holds
+    the mask, so its memory cannot be reused by another one), so the K cascades of a forward
+    compute it once. Never cached during CUDA-graph capture: the graph then recomputes it on each
+    replay, for whatever mask its static input holds (docs/gpu.md).
     """
+    key = None  # inference-mode tensors have no version counter: not cached
+    if not mask.is_inference() and not (mask.is_cuda and torch.cuda.is_current_stream_capturing()):
+        key = (mask.data_ptr(), mask._version, tuple(mask.shape), mask.stride(), mask.dtype, mask.device)
+        hit = _COLS_CACHE.get(key)
+        if hit is not None:
+            return hit[1:]
     m = mask[:, 0, :]
     order = torch.sort((m == 0).to(torch.uint8), dim=-1, stable=True).indices
     val = torch.gather(m, -1, order).contiguous()
     cnt = (m != 0).sum(-1).to(torch.int32).contiguous()
-    return order.to(torch.int32).contiguous(), val, cnt
+    out = order.to(torch.int32).contiguous(), val, cnt
+    if key is not None:
+        if len(_COLS_CACHE) >= _COLS_CACHE_SIZE:
+            _COLS_CACHE.pop(next(iter(_COLS_CACHE)))  # oldest first
+        _COLS_CACHE[key] = (mask, *out)
+    return out
 
 
 def reduce_scalar_grad(per_row: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
