@@ -33,7 +33,7 @@ def _skip_reason(backend: str, dev: str) -> str | None:
 
 def _model(mw: W.ModelWorkload, device):
     cfg = config_mod.ModelConfig(cascades=mw.cascades, chans=mw.chans, pools=mw.pools,
-                                 sigma=mw.cascades ** -0.5, sens="acs")  # mean Δt·λ = 1 (SPEC §4)
+                                 sigma=mw.cascades ** -0.5, sens="acs")  # mean Δt·λ = 1 (docs/model.md)
     torch.manual_seed(0)
     return model_mod.FlatModel(cfg).to(device)
 

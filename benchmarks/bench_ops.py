@@ -5,12 +5,12 @@ Ops: ``flow_step`` (with Aᴴy precomputed, as the model calls it), ``normal`` a
 
 Variants
 --------
-reference  ``flat.ops.<op>(..., backend="reference")``: the public op, algebraic form (kernels.md §1)
+reference  ``flat.ops.<op>(..., backend="reference")``: the public op, algebraic form (docs/operators.md, the column-mask identity)
 compile    ``torch.compile(flat.ops.reference.<op>, fullgraph=True)``: the same math traced by
            Inductor (compiled once per case; compile time excluded, reported as ``compile_s``)
 literal    the fastMRI-style form on complex tensors: fftshift-based fft2c/ifft2c, the 2-D
            transform for every mask, Aᴴ(Ax − y) in one pass so Aᴴy is recomputed every step:
-           x + dt·(v − lam·Σ_c conj(S_c)·ifft2c(M·(fft2c(S_c·x) − y_c)))   (issue 7 item 4)
+           x + dt·(v − lam·Σ_c conj(S_c)·ifft2c(M·(fft2c(S_c·x) − y_c)))  
 fastmri    the same, written as fastMRI writes it: real layout (..., 2), roll-by-cat shifts,
            complex_mul on real pairs (fastmri.fft2c / complex_mul / VarNet sens_expand/reduce)
 triton     ``backend="triton"`` on CUDA tensors (skipped on the CPU: only the interpreter runs there)

@@ -9,7 +9,7 @@ Timing
   synchronises the device before reading the clock, so its table is device time too.
   Never the Triton interpreter: Triton on CPU tensors is skipped, not timed.
 * Every case also reports the medians of the first and second half of its rounds ("time each
-  variant twice", kernels.md §7): a speedup smaller than that spread is noise.
+  variant twice", docs/kernels.md (testing)): a speedup smaller than that spread is noise.
 
 Peak memory: ``torch.cuda.max_memory_allocated`` above the pre-call allocation on GPU; on CPU the
 same quantity rebuilt from the profiler's allocator events (``profile_memory=True``), replayed in

@@ -1,24 +1,24 @@
 """Benchmark size grid, input builders and the byte counts of each op's floor.
 
-Sizes (issue 7): on a GPU the fastMRI shapes — knee 15×640×368 and brain 4 and 20 coils ×
+Sizes: on a GPU the fastMRI shapes — knee 15×640×368 and brain 4 and 20 coils ×
 640×320, B ∈ {1, 8}; on the CPU scaled-down shapes so ``pytest benchmarks/`` finishes in a few
 minutes on 2 cores. ``FLAT_BENCH_GRID=cpu|gpu|smoke`` overrides the choice made from the device.
 
-Floors (design/kernels.md §2) count the bytes an ideal single-pass kernel must move: every input
+Floors (docs/kernels.md, roofline) count the bytes an ideal single-pass kernel must move: every input
 read once, the output written once, nothing else. ``e`` is the bytes per complex element (8 for
 complex64), ``N_k = B·C·H·W`` (one coil stack), ``N_i = B·H·W`` (one image), ``f_s`` the sampled
 fraction of k-space (only sampled entries of y need reading)::
 
-    flow_step         fwd  read S, x, v, Aᴴy; write x'             (N_k + 4 N_i)·e   §2 "image form"
-                      bwd  read S, g; write g_x, g_v                (N_k + 3 N_i)·e   (§6: g_x = g − c·AᴴA g)
+    flow_step         fwd  read S, x, v, Aᴴy; write x'             (N_k + 4 N_i)·e   docs/kernels.md "image form"
+                      bwd  read S, g; write g_x, g_v                (N_k + 3 N_i)·e   (docs/operators.md: g_x = g − c·AᴴA g)
     normal            fwd  read S, x; write AᴴA x                   (N_k + 2 N_i)·e
                       bwd  read S, g; write g_x                     (N_k + 2 N_i)·e   (AᴴA is Hermitian)
-    kspace_flow_step  fwd  read k, S, z, y[sampled]; write k'       (3 N_k + N_i + f_s N_k)·e   §2 "k-space form"
+    kspace_flow_step  fwd  read k, S, z, y[sampled]; write k'       (3 N_k + N_i + f_s N_k)·e   docs/kernels.md "k-space form"
                       bwd  read g, S; write g_k, g_z                (3 N_k + N_i)·e
 
 Forward+backward floors are the sum (the forward need save nothing beyond its inputs). Backward
 floors assume gradients for the state and the update only (fixed coil maps and data), the common
-training case; §2 gives the forward rows, the backward rows are derived the same way from §6.
+training case; docs/kernels.md gives the forward rows, the backward rows follow from the backward formulas of docs/operators.md.
 Masks and their value do not enter the floors except through ``f_s``.
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ def make_inputs(wl: Workload, device, dtype=torch.complex64, seed: int = 0) -> d
 
     B, C, H, W = wl.B, wl.C, wl.H, wl.W
     sens = crandn(B, C, H, W)
-    sens = sens / sens.abs().square().sum(1, keepdim=True).sqrt()  # Σ_c |S_c|² = 1 (SPEC §1)
+    sens = sens / sens.abs().square().sum(1, keepdim=True).sqrt()  # Σ_c |S_c|² = 1 (docs/operators.md)
     if wl.mask == "column":
         mask = column_masks(B, W, wl.accel, wl.center_fraction, seed).to(rdt)
         mask4 = mask[:, None, None, :]
@@ -152,7 +152,7 @@ def make_inputs(wl: Workload, device, dtype=torch.complex64, seed: int = 0) -> d
     kspace = mask4 * (_fft2c(sens * x_gt[:, None]) + 0.01 * crandn(B, C, H, W))
     ahy = (sens.conj() * _ifft2c(mask4 * kspace)).sum(1)
     t = {
-        "image": ahy.clone(),  # x at t = 0 is the zero-filled SENSE image (SPEC §4)
+        "image": ahy.clone(),  # x at t = 0 is the zero-filled SENSE image (docs/model.md)
         "velocity": crandn(B, H, W),
         "kspace": kspace,
         "sens": sens,
@@ -198,7 +198,7 @@ def floor_bytes(op: str, mode: str, wl: Workload, f_s: float, itemsize: int = 8)
 
 
 def _check_against_kernels_md() -> None:
-    """The knee rows of kernels.md §2: image-form floor 35.8 MB, k-space floor ≈ 95 MB at 4×."""
+    """The knee rows of docs/kernels.md (roofline): image-form floor 35.8 MB, k-space floor ≈ 95 MB at 4×."""
     knee = Workload("knee", 1, 15, 640, 368)
     assert abs(floor_bytes("flow_step", "fwd", knee, 0.0) / 1e6 - 35.8) < 0.1
     assert abs(floor_bytes("kspace_flow_step", "fwd", knee, 1 / 3.5) / 1e6 - 95) < 1

@@ -6,7 +6,7 @@ explicit overrides, validated once, and stored inside every checkpoint as a plai
 
 >>> cfg = get_preset("demo")
 >>> cfg = apply_overrides(cfg, ["model.cascades=8", "train.lr=3e-4"])
->>> cfg.model.dc_weights()     # Δt_k·λ of every step (SPEC §4)
+>>> cfg.model.dc_weights()     # Δt_k·λ of every step (docs/model.md)
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ MASK_TYPES = ("random", "equispaced", "equispaced_fraction")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The unrolled flow (SPEC §4).
+    """The unrolled flow (docs/model.md).
 
     ``mode="flat"``: K Euler steps of the probability-flow ODE on the grid of ``schedule``/``alpha``
     with the data-consistency weight *derived* as Δt_k/σ² (``sigma``); the U-Net sees t.
@@ -43,7 +43,7 @@ class ModelConfig:
     The explicit Euler data step x ← x − Δt·λ·Aᴴ(Ax − y) is stable only for Δt·λ < 2 (the normal
     operator has eigenvalues in [0, 1] when Σ|S|² = 1), which :meth:`validate` (and the forward pass,
     for another number of steps) enforces. Δt·λ = 1 replaces the sampled k-space at every step;
-    λ = 1 (σ = 1, Δt·λ = 1/6 at K = 6) is far too weak (SPEC §4). In a sweep on the demo data
+    λ = 1 (σ = 1, Δt·λ = 1/6 at K = 6) is far too weak (docs/model.md). In a sweep on the demo data
     (300 steps, K = 6; PSNR on the demo test set / on unseen phantom+coins anatomy) Δt·λ = 1.0:
     28.42 / 23.57 dB, 1.25: 28.53 / 23.85 dB, 1.5: 28.62 / 24.04 dB (the vanilla baseline, which
     learns η_k ≈ 1.0–1.25: 28.40 / 23.94 dB), all with g = 1; hence the default 1.5 (with the
@@ -219,7 +219,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = off
     ssim_weight: float = 1.0  # final loss: ssim_weight·(1 − SSIM) + l1_weight·L1 (magnitude / max)
     l1_weight: float = 1.0
-    # w of the velocity-alignment term (flat mode only; SPEC §4). Demo preset with α = 0, 1500 steps,
+    # w of the velocity-alignment term (flat mode only; docs/model.md). Demo preset with α = 0, 1500 steps,
     # PSNR on the demo test set / the small held-out proxy (scripts/heldout_proxy.py): w = 0.1 gave
     # 30.23 / 26.60 dB, w = 1: 29.89 / 27.05 (seed 1: 29.85 / 26.89), w = 3: 29.96 / 27.11 (seeds 1, 2:
     # 26.96, 27.18), w = 5: 29.91 / 27.17; the vanilla baseline 30.17 / 26.76 (seeds 1, 2: 26.75, 26.90).

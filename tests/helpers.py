@@ -2,7 +2,7 @@
 
 Tolerances are relative to the norm of a complex128 oracle (||got - want|| / ||want||):
 complex64 ops chain a few FFTs of length <= 640, each with ~1-2.5e-7 relative error
-(kernels.md section 4), so 1e-5 leaves an order of magnitude of headroom while still catching any
+(docs/kernels.md, precision), so 1e-5 leaves an order of magnitude of headroom while still catching any
 real bug (a wrong sign, a missed shift or a dropped coil gives errors of order 1);
 complex128 paths are held to 1e-10.
 """

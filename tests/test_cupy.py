@@ -342,7 +342,7 @@ def test_host_kernels_backward_match_reference(engine, shape, dtype, mask_kind):
 
 
 def test_host_kernels_masked_zeros_are_positive(engine):
-    """k-space outputs carry +0.0 (never -0.0) where the mask is zero (SPEC §1)."""
+    """k-space outputs carry +0.0 (never -0.0) where the mask is zero (docs/operators.md)."""
     low, _ = _inputs(2, 3, 6, 8, torch.complex64, "2d", per_batch=True)
     out = engine.sense_forward(_np(-low["x"]), _np(low["S"]), _np(low["mask"]))
     zero = np.broadcast_to(_np(low["mask"])[:, None] == 0, out.shape)
@@ -352,7 +352,7 @@ def test_host_kernels_masked_zeros_are_positive(engine):
 
 
 def test_host_kernels_column_mask_uses_1d_transforms(engine):
-    """A column mask takes the 1-D path along W (kernels.md §1), a 2-D mask the 2-D path."""
+    """A column mask takes the 1-D path along W (docs/operators.md, the column-mask identity), a 2-D mask the 2-D path."""
     calls = []
     rt = engine.rt
     orig = rt.fft

@@ -1,4 +1,4 @@
-"""The FLAT loss (SPEC §4) on hand-made cases."""
+"""The FLAT loss (docs/model.md) on hand-made cases."""
 import pytest
 import torch
 

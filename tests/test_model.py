@@ -1,4 +1,4 @@
-"""The unrolled flow (SPEC §4): Euler steps are flow_step, the baseline switch, sensitivities,
+"""The unrolled flow (docs/model.md): Euler steps are flow_step, the baseline switch, sensitivities,
 variable-step inference with shared weights, checkpoints and the inference API."""
 import dataclasses
 

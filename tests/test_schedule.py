@@ -1,4 +1,4 @@
-"""Time grids (SPEC §4): Σ Δt = 1, exact end points, the power law, validation of σ."""
+"""Time grids (docs/model.md): Σ Δt = 1, exact end points, the power law, validation of σ."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Training (issue 6): one-batch overfit, exact resume after a kill, DDP on 2 CPU processes, the CLI."""
+"""Training: one-batch overfit, exact resume after a kill, DDP on 2 CPU processes, the CLI."""
 import json
 import os
 import subprocess

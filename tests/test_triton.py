@@ -261,7 +261,7 @@ def test_empty_and_full_masks(kind):
 
 
 def test_masked_zeros_are_positive():
-    """Masked k-space entries are +0.0, never -0.0 (SPEC §1), in sense_forward and grad_y."""
+    """Masked k-space entries are +0.0, never -0.0 (docs/operators.md), in sense_forward and grad_y."""
     inp = make_inputs(1, 2, 4, 8, "2d", False, "0", C64)
     out = fo.sense_forward(inp["x"], inp["S"], inp["M"][:, None], backend="triton")
     masked = (inp["M"][:, None] == 0).expand(out.shape)
@@ -300,7 +300,7 @@ def test_registration_and_precision_modes():
         assert op in ops and op + "_backward" in ops
     import flat_kernels.triton as ft
 
-    assert ft.get_precision() == "tf32x3"  # the default keeps the 1e-5 contract (kernels.md §4)
+    assert ft.get_precision() == "tf32x3"  # the default keeps the 1e-5 contract (docs/kernels.md, precision)
     with pytest.raises(ValueError, match="precision"):
         ft.set_precision("bf16")
     ft.set_precision("tf32")
@@ -311,7 +311,7 @@ def test_registration_and_precision_modes():
 
 
 def test_lazy_conj_inputs():
-    """Lazily conjugated inputs (kernels.md §5) are resolved before the kernels see pointers."""
+    """Lazily conjugated inputs (docs/operators.md, custom-op pitfalls) are resolved before the kernels see pointers."""
     inp = make_inputs(1, 2, 4, 6, "col", False, "0", C128)
     xc = inp["x"].conj()
     assert xc.is_conj()

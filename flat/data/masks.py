@@ -149,7 +149,7 @@ class EquiSpacedMaskFunc(MaskFunc):
 class EquispacedMaskFractionFunc(MaskFunc):
     """Equispaced columns with the spacing adjusted for the centre block so that the total
     matches ``N / acceleration`` (fastMRI's multicoil test-set masks; not exactly equispaced
-    after rounding, see fastMRI issue 54 -- kept identical on purpose)."""
+    after rounding: fastMRI's own behaviour, kept identical on purpose)."""
 
     def calculate_acceleration_mask(self, num_cols, acceleration, offset, num_low_frequencies):
         adjusted_accel = (acceleration * (num_low_frequencies - num_cols)) / (

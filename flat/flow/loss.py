@@ -1,4 +1,4 @@
-"""The FLAT loss (SPEC §4): final-output SSIM + L1 on the magnitude, plus velocity alignment.
+"""The FLAT loss (docs/model.md): final-output SSIM + L1 on the magnitude, plus velocity alignment.
 
     L = ssim_w·(1 − SSIM(|x_K|, target)) + l1_w·‖|x_K| − target‖₁ / max
         + w · (1/K) Σ_k ‖v^(k) − u_k‖₁                                   (flat mode only)
@@ -60,7 +60,7 @@ def final_loss(pred: torch.Tensor, target: torch.Tensor, max_value: torch.Tensor
 
 def velocity_alignment(images: Sequence[torch.Tensor], x_gt: torch.Tensor,
                        times: torch.Tensor) -> torch.Tensor:
-    """(1/K) Σ_k mean|v^(k) − u_k| over the K steps (SPEC §4).
+    """(1/K) Σ_k mean|v^(k) − u_k| over the K steps (docs/model.md).
 
     images: K + 1 complex (B, H, W) states x_0 … x_K (x_0 = Aᴴy); x_gt: complex (B, H, W) target
     in the same units; times: (K + 1,) grid. Since x_k cancels, v^(k) − u_k =

@@ -1,4 +1,4 @@
-"""Time grids of the Euler discretisation (SPEC §4), as pure functions of (K, kind, α).
+"""Time grids of the Euler discretisation (docs/model.md), as pure functions of (K, kind, α).
 
 t = 0 is the zero-filled SENSE image x₀ = Aᴴy, t = 1 the target; K cascades are K Euler steps on
 0 = t₀ < t₁ < … < t_K = 1, so Σ_k Δt_k = 1 exactly (t_K is set to 1, not accumulated).

@@ -1,4 +1,4 @@
-"""The unrolled flow (SPEC §4): K forward-Euler steps of a conditional probability-flow ODE.
+"""The unrolled flow (docs/model.md): K forward-Euler steps of a conditional probability-flow ODE.
 
     x_0 = Aᴴy,   x_{k+1} = flow_step(x_k, v_θ(x_k, t_k), y, S, M, dt=Δt_k, lam=1/σ²)
                          = x_k + Δt_k·(v_θ(x_k, t_k) − Aᴴ(A x_k − y)/σ²)
@@ -211,7 +211,7 @@ class FlatModel(nn.Module):
                 v = -v / dts[k]
             elif gain != 1.0:
                 v = v * gain  # fixed parametrisation constant (ModelConfig.velocity_gain)
-            # the DC step stays in complex64 even under autocast (SPEC §4 / issue 6)
+            # the DC step stays in complex64 even under autocast (docs/kernels.md, precision)
             with torch.autocast(dev_type, enabled=False):
                 v = v.to(torch.complex64)
                 dt_k = dts[k]

@@ -1,4 +1,4 @@
-"""Coil sensitivities S (B, C, H, W), normalised so Σ_c |S_c|² = 1 (SPEC §1).
+"""Coil sensitivities S (B, C, H, W), normalised so Σ_c |S_c|² = 1 (docs/operators.md).
 
 Three sources (``ModelConfig.sens``):
 ``"acs"``      a fixed estimate from the fully sampled centre lines (:func:`flat.coils.estimate_sens_acs`);

@@ -1,4 +1,4 @@
-"""Normalised, time-conditioned U-Net: the velocity network v_θ(x, t) of SPEC §4.
+"""Normalised, time-conditioned U-Net: the velocity network v_θ(x, t) of docs/model.md.
 
 The complex image (B, H, W) enters as 2 real channels (re, im), is normalised per sample by its
 mean and standard deviation (fastMRI's NormUnet: the network sees O(1) inputs whatever the

@@ -1,4 +1,4 @@
-"""Drop-in MRI operators (SPEC §2): centered FFT, SENSE forward/adjoint, the fused flow step.
+"""Drop-in MRI operators (docs/operators.md): centered FFT, SENSE forward/adjoint, the fused flow step.
 
 >>> import flat.ops as fo
 >>> x_next = fo.flow_step(x, v, y, sens, mask, dt=0.2, lam=5.0)   # x + dt·(v − lam·Aᴴ(Ax − y))

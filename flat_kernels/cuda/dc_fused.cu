@@ -1,7 +1,7 @@
 // Fused element-wise kernels around cuFFT for the CuPy backend of FLAT (flat_kernels/cupy).
 //
 // The data-consistency step AᴴA x = Σ_c conj(S_c) ⊙ P(S_c ⊙ x), P = Fᴴ diag(ifftshift(M)) F
-// (design/kernels.md §1; F along W for a column mask, along (H, W) for a 2-D mask), is computed as
+// (docs/operators.md (the column-mask identity); F along W for a column mask, along (H, W) for a 2-D mask), is computed as
 //
 //     flat_prologue      buf[b,c] = S[b,c] ⊙ x[b]                 (one pass over the coil stack)
 //     cuFFT forward      in place, unscaled

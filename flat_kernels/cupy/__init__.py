@@ -13,9 +13,9 @@ dt, lam; none for the mask, as in the reference); forward only for ``sens_expand
 ``sens_reduce``, ``sense_forward``, ``sense_adjoint`` (their backward runs on the reference path).
 ``fft2c``/``ifft2c``/``rss`` run on the reference path (cuFFT through torch already).
 
-How (design B of design/kernels.md §3, with CUDA C instead of Triton around cuFFT)
+How (design B of docs/kernels.md, with CUDA C instead of Triton around cuFFT)
 -----------------------------------------------------------------------------------
-Image-form step, column mask ``m`` (the fastMRI case), kernels.md §1::
+Image-form step, column mask ``m`` (the fastMRI case), docs/operators.md (the column-mask identity)::
 
     prologue   buf_c = S_c ⊙ x                          1 pass: read S, x; write the coil stack
     cuFFT      1-D along W, in place, unscaled           (batched Plan1d over B·C·H rows)
@@ -28,7 +28,7 @@ A 2-D mask uses a 2-D plan over (H, W) and ``ifftshift(M)``. ``Aᴴy`` (when ``a
 one more prologue (``M ⊙ y`` read at ifftshift-ed indices) + 2-D cuFFT⁻¹ + a reduce epilogue that
 reads fftshift-ed indices: no fftshift/roll is ever materialised, odd sizes included. The k-space
 step is prologue (``S ⊙ z``, ifftshift-ed) + 2-D cuFFT + one epilogue
-``k − dt·lam·M⊙(k − y) + dt·fft2c(S z)``. Backward (kernels.md §6) reuses the same kernels:
+``k − dt·lam·M⊙(k − y) + dt·fft2c(S z)``. Backward (docs/operators.md, backward) reuses the same kernels:
 ``grad_x = g − dt·lam·AᴴA g`` is the forward pipeline with (x ← g, v = 0, Aᴴy = 0); ``grad_S`` is one
 fused kernel over the two projected coil stacks P(S x), P(S g) (and q = ifft2c(M y) when Aᴴy was
 computed from y); the dt/lam gradients are CuPy reductions of ``Re conj(g)·(…)``.

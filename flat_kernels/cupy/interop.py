@@ -2,7 +2,7 @@
 
 * :func:`to_cupy` hands a CUDA tensor to CuPy through the DLPack protocol (no copy for a contiguous,
   non-conjugated tensor; a lazy conjugate/negation or a non-contiguous view is materialised first,
-  because kernels see raw pointers — design/kernels.md §5).
+  because kernels see raw pointers — design/docs/operators.md (custom-op pitfalls)).
 * :func:`to_torch` returns a CuPy array to torch through DLPack (no copy).
 * :func:`torch_stream` runs CuPy work (kernels, cuFFT plans) on torch's *current* CUDA stream of the
   tensors' device, so ordering with surrounding torch work, CUDA graphs and ``torch.cuda.stream``

@@ -13,7 +13,7 @@ import torch
 import triton
 
 # Precision of the tensor-core DFT products for complex64 (complex128 always uses fp64 "ieee").
-#   "tf32x3" (default): three tf32 products, ~fp32 accuracy (kernels.md §4: ~7e-8 per transform)
+#   "tf32x3" (default): three tf32 products, ~fp32 accuracy (docs/kernels.md (precision): ~7e-8 per transform)
 #   "ieee":  plain fp32 FMA products (exact fp32, slowest on tensor-core GPUs)
 #   "tf32":  opt-in, one tf32 product (~3e-4 relative per transform; NOT within the 1e-5 contract)
 PRECISIONS = ("tf32x3", "ieee", "tf32")
@@ -46,7 +46,7 @@ def dot_precision(real_dtype: torch.dtype) -> str:
 
 
 def rv(t: torch.Tensor) -> torch.Tensor:
-    """Complex tensor -> contiguous real view (..., 2) with lazy conj/neg bits resolved (kernels.md §5)."""
+    """Complex tensor -> contiguous real view (..., 2) with lazy conj/neg bits resolved (docs/operators.md, custom-op pitfalls)."""
     return torch.view_as_real(t.resolve_conj().resolve_neg().contiguous())
 
 
@@ -90,7 +90,7 @@ _DFT_CACHE: dict = {}
 def centered_dft(W: int, dtype: torch.dtype, device: torch.device):
     """Real and imaginary planes (W, W) of the centered orthonormal DFT matrix Fc, fft_c(z) = Fc @ z.
 
-    Fc[p, w] = exp(-2πi·((p - W//2)(w - W//2) mod W)/W) / √W  (symmetric; the shifts of SPEC §1
+    Fc[p, w] = exp(-2πi·((p - W//2)(w - W//2) mod W)/W) / √W  (symmetric; the shifts of docs/operators.md
     folded into the indices, odd W included). Built in float64 from exact integer phases.
     """
     key = (W, dtype, str(device))

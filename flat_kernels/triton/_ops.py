@@ -12,7 +12,7 @@ The image-form ops are instances of one generic step (flow_step.py docstring):
     out = [a]·x + d·v − e·(AᴴA x − b),   b = ahy, or Aᴴy from y, or 0
     flow_step: a=1, d=dt, e=dt·lam        normal: e=−1, b=0        dc_gradient: e=−1, b=Aᴴy
 
-with the backward (kernels.md §6): grad_x = a·g − e·AᴴA g, grad_v = d·g, grad_ahy = e·g,
+with the backward (docs/operators.md, backward): grad_x = a·g − e·AᴴA g, grad_v = d·g, grad_ahy = e·g,
 grad_y = e·A g, grad_S from the fused backward kernels, grad_dt/grad_lam from per-row partial sums.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark of the fused flow step: reference vs torch.compile(reference) vs Triton (kernels.md §7).
+"""Benchmark of the fused flow step: reference vs torch.compile(reference) vs Triton (docs/kernels.md, testing).
 
     python -m flat_kernels.triton.bench [--out FILE.md]      # on a CUDA GPU
     TRITON_INTERPRET=1 python -m flat_kernels.triton.bench --smoke   # CPU: checks the script runs
@@ -8,7 +8,7 @@ median time of ``flow_step`` forward (Aᴴy precomputed, the per-cascade case) a
 (grads of x and S), each timed twice with ``triton.testing.do_bench`` over input sets rotated so
 that they exceed the 50 MB L2; achieved bandwidth = counted bytes / median against a measured
 device copy bandwidth; peak memory; relative error vs complex128 for tf32x3 (default) and tf32.
-Counted bytes (forward, image form) = read S, x, v, Aᴴy + write x_next (kernels.md §2 floor).
+Counted bytes (forward, image form) = read S, x, v, Aᴴy + write x_next (docs/kernels.md (roofline) floor).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """2-D masks and the k-space form: cuFFT (torch.fft, un-centered, ortho) between fused Triton kernels.
 
-The centered transforms of SPEC §1 are folded into index arithmetic, never materialised:
+The centered transforms of docs/operators.md are folded into index arithmetic, never materialised:
 
     fft2c(z)  = fftshift(fft2(ifftshift(z)))      ifftshift(a)[i] = a[(i + n//2) % n]
                                                   fftshift(a)[p]  = a[(p − n//2) % n]
