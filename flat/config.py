@@ -43,11 +43,8 @@ class ModelConfig:
     The explicit Euler data step x ← x − Δt·λ·Aᴴ(Ax − y) is stable only for Δt·λ < 2 (the normal
     operator has eigenvalues in [0, 1] when Σ|S|² = 1), which :meth:`validate` (and the forward pass,
     for another number of steps) enforces. Δt·λ = 1 replaces the sampled k-space at every step;
-    λ = 1 (σ = 1, Δt·λ = 1/6 at K = 6) is far too weak (docs/model.md). In a sweep on the demo data
-    (300 steps, K = 6; PSNR on the demo test set / on unseen phantom+coins anatomy) Δt·λ = 1.0:
-    28.42 / 23.57 dB, 1.25: 28.53 / 23.85 dB, 1.5: 28.62 / 24.04 dB (the vanilla baseline, which
-    learns η_k ≈ 1.0–1.25: 28.40 / 23.94 dB), all with g = 1; hence the default 1.5 (with the
-    default g = K, below: 28.56 / 24.25 dB).
+    λ = 1 (σ = 1, Δt·λ = 1/6 at K = 6) is far too weak; the sweep behind the default 1.5 is in
+    docs/model.md.
 
     ``velocity_gain``: the velocity is v = g·U(x, t) with a fixed g (default K, the training number
     of cascades). An Euler step moves the image by Δt·v ≈ v/K, a vanilla cascade by U(x) itself; with
@@ -219,11 +216,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = off
     ssim_weight: float = 1.0  # final loss: ssim_weight·(1 − SSIM) + l1_weight·L1 (magnitude / max)
     l1_weight: float = 1.0
-    # w of the velocity-alignment term (flat mode only; docs/model.md). Demo preset with α = 0, 1500 steps,
-    # PSNR on the demo test set / the small held-out proxy (scripts/heldout_proxy.py): w = 0.1 gave
-    # 30.23 / 26.60 dB, w = 1: 29.89 / 27.05 (seed 1: 29.85 / 26.89), w = 3: 29.96 / 27.11 (seeds 1, 2:
-    # 26.96, 27.18), w = 5: 29.91 / 27.17; the vanilla baseline 30.17 / 26.76 (seeds 1, 2: 26.75, 26.90).
-    # Alignment trades a little in-distribution fit for robustness off it; 1 is kept.
+    # w of the velocity-alignment term (flat mode only); its sweep is in docs/model.md
     velocity_weight: float = 1.0
     seed: int = 0
     threads: int = 0  # torch threads per process; 0 = all cores / processes
@@ -292,9 +285,7 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # Presets: small and CPU-friendly; "demo" is what `flat demo` trains (measured on 2 cores).
 def _presets() -> dict[str, Config]:
     base = Config()
-    # α = 0.2: Δt·λ from 1.77 (first step) down to 1.04 (last). Seeds 0, 1, 2, 1500 steps, PSNR on the
-    # demo test set / small held-out proxy / 320² proxy: α = 0.2 30.07 / 27.09 / 27.57 dB (means),
-    # α = 0 29.94 / 26.95 / 27.61, the vanilla baseline 30.18 / 26.80 / 27.73 (README, held-out check).
+    # α = 0.2: Δt·λ from 1.77 (first step) down to 1.04 (last); the sweep is in docs/model.md
     demo_model = ModelConfig(cascades=6, chans=16, pools=3, dc_per_step=1.5, alpha=0.2)
     demo_train = TrainConfig(epochs=1000, lr=2e-3, warmup_steps=10, batch_size=1,
                              checkpoint_every=100, log_every=25, velocity_weight=1.0)
