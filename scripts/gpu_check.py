@@ -83,10 +83,9 @@ def _copy_bandwidth(timer) -> float:
     """Device copy bandwidth in bytes/s, read + write counted (the floors' yardstick)."""
     import torch
 
-    a = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
-    b = torch.empty_like(a)
-    ms = timer(lambda: b.copy_(a))
-    del a, b
+    bufs = [torch.empty(1 << 28, dtype=torch.float32, device="cuda") for _ in range(2)]  # 1 GiB each
+    ms = timer(lambda: bufs[1].copy_(bufs[0]))
+    bufs.clear()
     return 2 * (1 << 28) * 4 / (ms * 1e-3)
 
 
@@ -284,7 +283,8 @@ def cmd_micro(args) -> int:
             res["rows"].append(row)
             _write_json(out, res)
             print("micro", json.dumps(row), flush=True)
-        del sets, d128, want
+        sets.clear()
+        del d128, want
         torch.cuda.empty_cache()
     _write_json(out, res)
     return 1 if failed else 0
@@ -329,10 +329,7 @@ def cmd_model(args) -> int:
     torch.manual_seed(0)
     model = FlatModel(cfg).cuda().eval()
     vol = _model_workload(slices, C, H, W)
-    try:
-        from flat.inference import make_forward  # eager / compile / graphs (docs/gpu.md)
-    except ImportError:
-        make_forward = None
+    from flat.capture import make_forward  # eager / compile / graphs (docs/gpu.md)
     from flat.inference import reconstruct
 
     ref_out = None
@@ -352,9 +349,7 @@ def cmd_model(args) -> int:
             if what == "recon":
                 kw = {}
                 if mode != "eager":
-                    if make_forward is None:
-                        raise RuntimeError(f"{mode}: flat.inference.make_forward is not there")
-                    kw["forward"] = make_forward(model, mode=mode, backend=be)
+                    kw["forward"] = make_forward(model, mode, backend=be)
                 t0 = time.monotonic()
                 img = reconstruct(model, vol["masked"], vol["mask"], vol["nlf"], backend=be, **kw)
                 torch.cuda.synchronize()
