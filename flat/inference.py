@@ -1,8 +1,8 @@
 """Loading checkpoints and reconstructing volumes with a trained FLAT / vanilla model.
 
 ``flat recon CKPT DATA OUT --method flat`` calls exactly :func:`load_model` and :func:`reconstruct`.
-Checkpoints are plain dicts of tensors and numbers (loaded with ``torch.load(weights_only=True)``):
-``{"kind": "flat-model" | "flat-train-state", "config": Config.to_dict(), "model": state_dict, ...}``.
+The checkpoint format (plain dicts loaded with ``torch.load(weights_only=True)``) is defined,
+written and read in :mod:`flat.checkpoint`; :func:`read_checkpoint` is re-exported here.
 """
 from __future__ import annotations
 
@@ -10,23 +10,9 @@ import os
 
 import torch
 
+from flat.checkpoint import CHECKPOINT_KINDS, read_checkpoint  # noqa: F401  (re-exported)
 from flat.config import Config
 from flat.model import FlatModel
-
-CHECKPOINT_KINDS = ("flat-model", "flat-train-state")
-
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """``torch.load(weights_only=True)`` with errors that name the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code objects, ...
-        raise ValueError(f"checkpoint: cannot load {path} safely (weights_only): {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") not in CHECKPOINT_KINDS:
-        raise ValueError(f"checkpoint: {path} is not a FLAT checkpoint (expected kind in {CHECKPOINT_KINDS})")
-    return ckpt
 
 
 def load_model(path: str | os.PathLike, map_location="cpu"):
