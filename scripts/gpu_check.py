@@ -238,7 +238,9 @@ def cmd_micro(args) -> int:
         counted = (B * C * H * W + 4 * B * H * W) * 8  # read S, x, v, Aᴴy; write x' (the floor)
         for be, prec in variants:
             row = dict(size=name, B=B, C=C, H=H, W=W, mask=kind, backend=be, precision=prec)
-            if dl.left() < 3:
+            # a Triton precision the tests stage did not compile needs its JIT time (predicted)
+            need = 15 if (be == "triton" and prec != "tf32x3") else 4
+            if dl.left() < need:
                 row["error"] = "not run: stage time budget spent"
                 res["rows"].append(row)
                 continue
@@ -334,14 +336,17 @@ def cmd_model(args) -> int:
 
     ref_out = None
     gpu = [b for b in ok if b != "reference"]
-    # the most informative cases first: a stage cut short still answers the main question
-    cases = [("recon", b, "eager") for b in ["reference"] + gpu]
-    cases += [("recon", b, m) for b in gpu + ["reference"] for m in ("graphs", "compile")]
-    cases += [("train", b, "eager") for b in ["reference"] + gpu]
+    # the most informative cases first, inductor's compilation (the slowest start) last; a case
+    # starts only with its expected first-call time left (s, predicted), so the stage ends before
+    # its hard bound rather than being killed in the middle of one
+    cases = [("recon", b, "eager", 8) for b in ["reference"] + gpu]
+    cases += [("train", b, "eager", 10) for b in ["reference"] + gpu]
+    cases += [("recon", b, "graphs", 12) for b in gpu + ["reference"]]
+    cases += [("recon", b, "compile", 45) for b in gpu[:1] or ["reference"]]
     failed = 0
-    for what, be, mode in cases:
+    for what, be, mode, need in cases:
         row = dict(case=what, backend=be, mode=mode)
-        if dl.left() < 8:
+        if dl.left() < need:
             row["error"] = "not run: stage time budget spent"
             res["rows"].append(row)
             continue
