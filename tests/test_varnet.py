@@ -307,3 +307,28 @@ def test_flat_recon_varnet_bad_weights_one_line(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("flat recon: error:") and says in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@needs_fastmri
+@pytest.mark.parametrize("mode", ["flat", "vanilla"])
+def test_flat_train_init_from_varnet(tmp_path, monkeypatch, mode):
+    """``flat train --init-from FILE``: the run starts as the VarNet (architecture from the file,
+    FLAT's DC weights on the grid); with a vanishing learning rate its model.pt still computes it."""
+    from flat.inference import load_model
+    from tests.fastmri_files import make_tiny_splits
+
+    ref = _fastmri_varnet(seed=8)
+    weights = tmp_path / "varnet.pt"
+    torch.save(ref.state_dict(), weights)
+    data = make_tiny_splits(tmp_path / "data", seed=0)
+    out = tmp_path / "run"
+    assert run_cli(["train", "--train", data / "train", "--val", data / "val", "--out", out, "--preset", "tiny",
+                    "--init-from", weights, "--set", f"model.mode={mode}", "--set", "train.max_steps=1",
+                    "--set", "train.lr=1e-12", "--set", "train.weight_decay=0", "--set", "train.threads=1",
+                    "--no-progress"], monkeypatch) == 0
+    model = load_model(out / "model.pt")
+    cfg = model.cfg
+    assert (cfg.mode, cfg.unet, cfg.cascades, cfg.chans, cfg.pools, cfg.sens_chans) == (mode, "fastmri", 3, 4, 2, 4)
+    k, mask = _batch(seed=8)
+    with torch.no_grad():
+        assert _rel(model(k, mask, None).output, ref(k, mask)) <= 1e-5

@@ -12,6 +12,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="default", help="base preset: default, demo, demo-vanilla, tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set model.cascades=8 (repeatable)")
+    parser.add_argument("--init-from", default=None, metavar="FILE",
+                        help="start a new run from a fastMRI VarNet state dict: its architecture and "
+                        "weights (FLAT: DC weights on the time grid; docs/varnet.md)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--backend", default=None, help="flat.ops backend: reference, triton, cupy, auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -22,6 +25,10 @@ def run(args) -> int:
     from flat.train import train  # the library, on use: keeps the parser light
 
     cfg = load_config(args.config, args.overrides, preset=args.preset)
+    if args.init_from is not None:  # the architecture (and FLAT's grid) from the VarNet's tensors
+        from flat.model.varnet import varnet_model_config
+
+        cfg = cfg.replace(model=varnet_model_config(args.init_from, base=cfg.model))
     train(cfg, args.train, args.val, args.out, device=args.device, backend=args.backend,
-          progress=not args.no_progress)
+          progress=not args.no_progress, init_from=args.init_from)
     return 0
