@@ -6,8 +6,9 @@ must be compiled: the interpreter copies every CUDA storage to the host and back
 knee-sized launch) and cannot run under CUDA-graph capture. A TRITON_INTERPRET already in the
 environment is respected (scripts/gpu_check.sh sets it to 0). See docs/gpu.md.
 
-Where the interpreter is off, the CPU-tensor Triton tests (tests/test_triton.py outside the
-``gpu`` marker) are skipped with that reason; the ``gpu`` tests cover the compiled kernels.
+Where the interpreter is off, the tests that launch Triton kernels on CPU tensors (the files in
+``_TRITON_CPU_FILES`` outside the ``gpu`` marker, except those that launch none) are skipped with
+that reason; the ``gpu`` tests cover the compiled kernels.
 """
 import os
 
@@ -21,9 +22,13 @@ os.environ.pop("FLAT_BACKEND", None)  # tests choose backends explicitly
 
 import pytest  # noqa: E402
 
-# tests of tests/test_triton.py that launch no kernel on a CPU tensor (they run either way)
+# test files that launch Triton kernels on CPU tensors, and their tests that launch none (those
+# compile in a subprocess or check tables: they run either way)
+_TRITON_CPU_FILES = {"test_triton.py", "test_kernel_resources.py"}
 _TRITON_CPU_FREE = {"test_oracle_fft_matches_numpy", "test_kernels_compile_for_sm90",
-                    "test_registration_and_precision_modes"}
+                    "test_registration_and_precision_modes", "test_row_kernels_compile_for_sm90_without_spills",
+                    "test_every_row_variant_compiles_for_sm90_without_spills", "test_sass_loop_counter_on_a_known_kernel",
+                    "test_width_routing", "test_factored_dft_tables", "test_factored_projection_tf32x3_error_emulated"}
 
 
 def pytest_report_header(config):
@@ -44,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_gpu)
             elif INTERPRET:
                 item.add_marker(skip_interp_gpu)
-        elif (not INTERPRET and item.path.name == "test_triton.py"
+        elif (not INTERPRET and item.path.name in _TRITON_CPU_FILES
               and item.originalname not in _TRITON_CPU_FREE):
             item.add_marker(skip_cpu_triton)
 
