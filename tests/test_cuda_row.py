@@ -202,7 +202,8 @@ def test_row_radices_factor_w():
     assert ENG.row_radices(45) == [3, 3, 5]
     assert ENG.row_radices(367) == [367]
     assert ENG.row_radices(1) == []
-    assert ENG.row_ld(368) == 375 and ENG.row_ld(320) == 324 and ENG.row_ld(367) == 367
+    # 368 = 23·16: ld ≡ 23 (mod 16); 320 = 20·16: the radix-20 stage writes padded rows (320 + 16), ≡ 20
+    assert ENG.row_ld(368) == 375 and ENG.row_ld(320) == 340 and ENG.row_ld(367) == 367
     for w in range(1, 700):
         assert int(np.prod(ENG.row_radices(w))) == w, w
 
@@ -225,7 +226,7 @@ def test_row_work_counts():
     floor = 8 * (15 * 640 * 368 + 4 * 640 * 368) + 4 * 368  # S, x, v, Aᴴy read; out written; mask
     assert w["dram_bytes"] == floor
     assert w["blocks"] == 640 and w["radices"] == [23, 16]
-    assert 0.3e9 < w["flops"] < 1e9 and w["smem_bytes"] > w["dram_bytes"]
+    assert 0.3e9 < w["flops"] < 1e9 and w["smem_traffic_bytes"] > w["dram_bytes"]
 
 
 # ====================================================================== parity through the engine
@@ -476,3 +477,14 @@ def test_row_kernel_complex64_accuracy_at_real_widths(libs, C, W):
     n64 = _t(ENG.Engine(rt).normal(_np(low["x"]), _np(low["S"]), _np(low["mask"])))
     n128 = torch.from_numpy(_oracle_normal(hi, hi["x"]))
     assert_rel_close(n64, n128, rtol=1e-5, name=f"c64 normal W={W}")
+
+
+def test_model_launches_for_the_performance_model():
+    (knee,) = ENG.model_launches("flow_step", 1, 15, 640, 368, "complex64")
+    assert knee["kernel"] == "flat_row_step_c64" and knee["grid"] == (640, 1) and knee["chunks"] == 2
+    assert knee["dram_bytes"] == 8 * (15 + 4) * 640 * 368 + 4 * 368
+    (back,) = ENG.model_launches("flow_step_backward_x", 8, 20, 640, 320, "complex128")
+    assert back["dram_bytes"] == 16 * 8 * (20 + 2) * 640 * 320 + 8 * 8 * 320 and back["smem_bytes"] <= 227 * 1024
+    assert ENG.model_launches("normal", 1, 4, 8, 8192, "complex128") == []
+    with pytest.raises(ValueError, match="op"):
+        ENG.model_launches("kspace_flow_step", 1, 4, 8, 8)

@@ -9,9 +9,9 @@
 //
 //   load     xs = z[b,h,:], ms = ifftshift(m)/W (the 1/W of the inverse folded in), acc = 0
 //   per coil chunk (all coils if they fit in shared memory, else ceil-balanced chunks of Cg):
-//     load   Ss = S[b,c,h,:]                            (S is read from global memory once)
-//     u      = Ss ⊙ xs                                   (shared memory)
-//     FFT    forward along W, mixed radix, Stockham (natural order in and out, ping-pong buffers)
+//     FFT    forward along W, mixed radix, Stockham (natural order in and out, ping-pong buffers);
+//            its first stage reads S[b,c,h,:] from global memory (once), keeps it in Ss and
+//            multiplies by xs as it loads (a direct-DFT first stage gets a separate S·x pass)
 //     FFT    inverse along W, the mask applied while its first stage loads
 //     acc   += Σ_c conj(Ss_c) ⊙ u_c                      (fixed coil order: deterministic)
 //   store    out = [has_x]·z + a_b·V − c_b·(acc − R0)   (one write of the row)
@@ -19,21 +19,23 @@
 //     normal:          c = −1                       flow_step: has_x, a = dt, c = dt·lam, R0 = Aᴴy
 //     dc_gradient:     c = −1, R0 = Aᴴy              x-gradient of flow_step: z = g, has_x, c = dt·lam
 //
-// FFT: W = r_1·r_2·…, radices picked greedily by flat_row_next_radix (4, then 2, then the smallest
-// odd prime factor). 2 and 4 have explicit butterflies; odd primes 3…23 an unrolled butterfly that
-// uses the (j, P−j) symmetry; any larger prime factor (e.g. 101, or W = 367 itself) a direct DFT
-// stage, one output per thread, R complex multiply-adds each. All twiddles are powers of
-// ω = exp(−2πi/W), read from one table of W values computed per block with sincospi in double and
-// rounded once. Stockham stage (radix R, Ns = product of the radices done so far), per butterfly j:
+// FFT: W = r_1·r_2·…, radices from flat_row_next_radix (odd primes first, smallest first, a 5 with a
+// factor 4 as 20; then the power of two as one 2/4/8 and 16s: 368 = 23·16, 320 = 20·16).
+// Radices 2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 19, 20, 23 have unrolled butterflies (odd primes use the
+// (j, P−j) symmetry; 8, 16, 20 are nested 2/4/5-point DFTs); any other prime factor (e.g. 101, or
+// W = 367 itself) a direct-DFT stage, one output per thread, R complex multiply-adds each. All
+// twiddles are powers of ω = exp(−2πi/W), read from one table of W values computed per block with
+// sincospi in double and rounded once. Stockham stage (radix R, Ns = product of the radices done so
+// far), per butterfly j:
 //     k = j mod Ns;  v_r = in[j + r·W/R]·ω_{Ns·R}^{±r·k};  v = DFT_R(v);  out[(j−k)·R + k + r·Ns] = v_r
 //
 // Launch: grid (rows, batches) with row/batch-stride loops (any grid is correct), blockDim.x ≤
 // FLAT_ROW_THREADS (any count is correct), dynamic shared memory
 //     (3·W + Cg·W + 2·Cg·ld)·sizeof(complex) + W·sizeof(real)
 // laid out as tw[W], xs[W], acc[W], Ss[Cg·W], b0[Cg·ld], b1[Cg·ld], ms[W] (the runtime computes it,
-// flat_kernels/cupy/_engine.py: row_plan). ld >= W is the row stride of the FFT buffers: the host
-// pads it so that ld ≡ W/R_last (mod 16), which makes the reads of the last stage, whose warps span
-// two coil rows, fall on consecutive banks. Barriers are block-uniform (every loop bound below the
+// flat_kernels/cupy/_engine.py: row_plan). ld is the row stride of the FFT buffers: at least W
+// (W + W/R1 when an even first radix R1 writes a padded row, frow_fft), and ≡ W/R_last (mod 16),
+// which makes the reads of the last stage, whose warps span two coil rows, fall on consecutive banks. Barriers are block-uniform (every loop bound below the
 // barriers depends only on kernel arguments), as __syncthreads requires.
 //
 // Layout and conventions as flat_kernels/cuda/dc_fused.cu: C-contiguous interleaved complex, images
@@ -131,25 +133,27 @@ struct frow_input {
     typedef typename frow_complex<T>::type C;
     int mode;
     int ld;             // row stride of `in` (SMEM, MASK)
+    int pb;             // SMEM: `in` holds one padding slot after every pb elements (0: none)
     const C* in;        // SMEM, MASK
     const T* ms;        // MASK
     const C* sg;        // COILS: S[b, c0, h, 0]; row stride sstride
     long long sstride;
     const C* xs;        // COILS
     C* ss;              // COILS
-    __device__ __forceinline__ C load(int row, int i, int N) const {
+    // logical element i of coil row `row`; a = its offset in the (possibly padded) smem row
+    __device__ __forceinline__ C load(int row, int i, int a, int N) const {
         if (mode == FROW_IN_COILS) {
             const C s = sg[row * sstride + i];
             ss[row * N + i] = s;
             return frow_mul(s, xs[i]);
         }
-        C a = in[row * ld + i];
+        C z = in[row * ld + a];
         if (mode == FROW_IN_MASK) {
             const T w = ms[i];
-            a.x = w == (T)0 ? (T)0 : a.x * w;
-            a.y = w == (T)0 ? (T)0 : a.y * w;
+            z.x = w == (T)0 ? (T)0 : z.x * w;
+            z.y = w == (T)0 ? (T)0 : z.y * w;
         }
-        return a;
+        return z;
     }
 };
 
@@ -346,29 +350,33 @@ struct frow_bfly {
 // w_r = w_{r−1}·w1 (rounding grows like r·eps: ≤ 23 steps).
 template <typename T, int R>
 __device__ void frow_stage(const frow_input<T> src, typename frow_complex<T>::type* dst,
-                           const typename frow_complex<T>::type* tw, int N, int ld, int Ns, int nb, int inverse) {
+                           const typename frow_complex<T>::type* tw, int N, int ld, int Ns, int nb, int inverse,
+                           int pout) {
     typedef typename frow_complex<T>::type C;
     const int L = N / R;
     const int tstep = N / (Ns * R);
+    const int La = src.pb ? L + L / src.pb : L;  // input stride in a padded row (L is a multiple of pb)
+    const int Rb = pout ? R + 1 : R;            // output block of an Ns = 1 stage, padded
     for (int e = (int)threadIdx.x; e < nb * L; e += (int)blockDim.x) {
         const int row = e / L;
         const int j = e - row * L;
         const int k = j % Ns;
+        const int ja = src.pb ? j + j / src.pb : j;
         C v[R];
         if (Ns == 1) {
 #pragma unroll
-            for (int r = 0; r < R; ++r) v[r] = src.load(row, j + r * L, N);
+            for (int r = 0; r < R; ++r) v[r] = src.load(row, j + r * L, ja + r * La, N);
         } else {
             const C w1 = frow_tw(tw, k * tstep, inverse);
             C w = w1;
-            v[0] = src.load(row, j, N);
+            v[0] = src.load(row, j, ja, N);
 #pragma unroll
             for (int r = 1; r < R; ++r) {
-                v[r] = frow_mul(src.load(row, j + r * L, N), w);
+                v[r] = frow_mul(src.load(row, j + r * L, ja + r * La, N), w);
                 if (r + 1 < R) w = frow_mul(w, w1);
             }
         }
-        frow_bfly<T, C, R>::run(v, dst + row * ld, (j - k) * R + k, Ns, tw, N, inverse);
+        frow_bfly<T, C, R>::run(v, dst + row * ld, (j - k) * Rb + k, Ns, tw, N, inverse);
     }
 }
 
@@ -378,10 +386,12 @@ __device__ void frow_stage(const frow_input<T> src, typename frow_complex<T>::ty
 template <typename T>
 __device__ void frow_stage_any(const frow_input<T> src, typename frow_complex<T>::type* dst,
                                const typename frow_complex<T>::type* tw, int N, int ld, int Ns, int R, int nb,
-                               int inverse) {
+                               int inverse, int pout) {
     typedef typename frow_complex<T>::type C;
     const int L = N / R;
     const int tstep = N / (Ns * R);
+    const int La = src.pb ? L + L / src.pb : L;
+    const int Rb = pout ? R + 1 : R;
     for (int e = (int)threadIdx.x; e < nb * N; e += (int)blockDim.x) {
         const int row = e / N;
         const int rem = e - row * N;
@@ -389,16 +399,17 @@ __device__ void frow_stage_any(const frow_input<T> src, typename frow_complex<T>
         const int j = rem - r * L;
         const int k = j % Ns;
         const int step = (k + r * Ns) * tstep;  // < N
+        const int ja = src.pb ? j + j / src.pb : j;
         C acc;
         acc.x = (T)0;
         acc.y = (T)0;
         int t = 0;
         for (int q = 0; q < R; ++q) {
-            acc = frow_add(acc, frow_mul(src.load(row, j + q * L, N), frow_tw(tw, t, inverse)));
+            acc = frow_add(acc, frow_mul(src.load(row, j + q * L, ja + q * La, N), frow_tw(tw, t, inverse)));
             t += step;
             if (t >= N) t -= N;
         }
-        dst[row * ld + (j - k) * R + k + r * Ns] = acc;
+        dst[row * ld + (j - k) * Rb + k + r * Ns] = acc;
     }
 }
 
@@ -412,28 +423,35 @@ __device__ void frow_fft(frow_input<T> first, typename frow_complex<T>::type* b0
     frow_input<T> src = first;
     C* dst = b0;
     C* other = b1;
+    // An even first radix R1 (Ns = 1) would write with stride R1 (bank conflicts): then its output
+    // gets one padding slot after every R1 elements (stride R1 + 1) and the second stage reads it so.
+    int stages = 0, R1 = 1;
+    for (int rem = N; rem > 1; rem /= flat_row_next_radix(rem)) R1 = stages++ ? R1 : flat_row_next_radix(rem);
+    const int pad = (stages >= 2 && R1 % 2 == 0) ? R1 : 0;
     int Ns = 1;
     for (int rem = N; rem > 1;) {
         const int R = flat_row_next_radix(rem);
+        const int pout = (Ns == 1 && pad) ? 1 : 0;
         switch (R) {
-            case 2: frow_stage<T, 2>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 3: frow_stage<T, 3>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 4: frow_stage<T, 4>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 5: frow_stage<T, 5>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 7: frow_stage<T, 7>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 8: frow_stage<T, 8>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 11: frow_stage<T, 11>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 13: frow_stage<T, 13>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 16: frow_stage<T, 16>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 17: frow_stage<T, 17>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 19: frow_stage<T, 19>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 20: frow_stage<T, 20>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            case 23: frow_stage<T, 23>(src, dst, tw, N, ld, Ns, nb, inverse); break;
-            default: frow_stage_any<T>(src, dst, tw, N, ld, Ns, R, nb, inverse); break;
+            case 2: frow_stage<T, 2>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 3: frow_stage<T, 3>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 4: frow_stage<T, 4>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 5: frow_stage<T, 5>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 7: frow_stage<T, 7>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 8: frow_stage<T, 8>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 11: frow_stage<T, 11>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 13: frow_stage<T, 13>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 16: frow_stage<T, 16>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 17: frow_stage<T, 17>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 19: frow_stage<T, 19>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 20: frow_stage<T, 20>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            case 23: frow_stage<T, 23>(src, dst, tw, N, ld, Ns, nb, inverse, pout); break;
+            default: frow_stage_any<T>(src, dst, tw, N, ld, Ns, R, nb, inverse, pout); break;
         }
         __syncthreads();
         src.mode = FROW_IN_SMEM;
         src.in = dst;
+        src.pb = pout ? pad : 0;
         C* t = dst == b0 ? b1 : b0;  // the buffer not just written
         other = dst;
         dst = t;
@@ -501,6 +519,7 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
                 __syncthreads();  // xs, ms, tw written; the previous chunk is done with Ss, b0, b1
                 frow_input<T> in;
                 in.ld = ld;
+                in.pb = 0;
                 in.ms = ms;
                 in.sg = srow;
                 in.sstride = (long long)H * W;
@@ -532,7 +551,7 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
                     for (int e = tid; e < nb; e += nt) {
                         in.mode = FROW_IN_MASK;
                         in.in = b1;
-                        b0[e * ld] = in.load(e, 0, 1);
+                        b0[e * ld] = in.load(e, 0, 0, 1);
                     }
                     __syncthreads();
                 }

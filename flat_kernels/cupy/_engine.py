@@ -21,7 +21,7 @@ so the index arithmetic of the kernels and this orchestration are checked on a C
 
 Every array handed in is C-contiguous with the canonical shapes of docs/operators.md: images
 ``(B, H, W)``, coil stacks ``(B, C, H, W)``, masks ``(Bm, Hm, W)`` real, ``dt``/``lam`` real of
-shape ``()`` or ``(B,)``. Formulas: design/kernels.md §1 (forward) and §6 (backward), identical to
+shape ``()`` or ``(B,)``. Formulas: docs/operators.md (the column-mask identity for the forward, and the backward), identical to
 :mod:`flat.ops.reference` (the oracle).
 """
 from __future__ import annotations
@@ -79,12 +79,49 @@ ROW_THREADS = 256  # FLAT_ROW_THREADS of row_step.cu (the __launch_bounds__ of t
 ROW_KERNELS = """Kernels of the row path, for performance models (flat_kernels/roofline.py).
 
 flat_row_step_c64 / flat_row_step_c128 (flat_kernels/cuda/row_step.cu): one launch per column-mask
-normal / dc_gradient / flow_step forward, and per x-gradient of them; grid (H, B) blocks of
-ROW_THREADS threads, dynamic shared memory row_plan(...)["smem_bytes"] per block. Per launch,
-row_step_work(B, C, H, W, complex_bytes, has_v, has_r0) gives the global-memory bytes (S read once;
-x, v, Aᴴy read once; the output written once), the floating-point operations of the code as written
-(FMA = 2 flops) and the shared-memory bytes moved. The coil stack is never written.
+normal / dc_gradient / flow_step forward, and per x-gradient of them (and one more for AᴴA x − Aᴴy
+when dt or lam need gradients); grid (H, B) blocks of ROW_THREADS threads, dynamic shared memory
+row_plan(...)["smem_bytes"] per block. Per launch, row_step_work(B, C, H, W, complex_bytes, has_v,
+has_r0, Cg) gives the global-memory bytes (S read once; x, v, Aᴴy read once; the output written
+once), the floating-point operations of the code as written (FMA = 2 flops) and the shared-memory
+traffic, raw and weighted by simulated bank conflicts. The coil stack is never written.
+model_launches(...) lists the launches of one op call with those counts.
+
+This module imports nothing beyond the standard library; load it by path (importing the package
+flat_kernels.cupy imports CuPy), e.g. importlib.util.spec_from_file_location on this file.
 """
+
+# Hopper (H100/H200) limits the plan is sized for when no device is at hand: 228 KB of shared memory
+# per SM (1 KB of it reserved per block), 227 KB opt-in per block.
+HOPPER_SMEM_LIMITS = {"complex64": (228 * 1024 // 2 - 1024, 227 * 1024), "complex128": (227 * 1024,)}
+
+
+def model_launches(op: str, B: int, C: int, H: int, W: int, dtype: str = "complex64",
+                   limits=None) -> list:
+    """The row-kernel launches of one column-mask op call and their work (see ROW_KERNELS).
+
+    ``op``: "normal", "dc_gradient" or "flow_step" (forward, Aᴴy given: computing it from k-space
+    runs on the cuFFT path once per sample, not per step), or "<op>_backward_x" (the x-gradient
+    alone). ``limits``: per-block shared-memory budgets (default: Hopper). Returns [] when a row does
+    not fit (the op then runs on the cuFFT path). Each entry: kernel, grid, threads, smem_bytes
+    (per block), coils_per_chunk, chunks, ld, and row_step_work's counts.
+    """
+    cb = {"complex64": 8, "complex128": 16}[dtype]
+    plan = row_plan(C, W, cb, limits if limits is not None else HOPPER_SMEM_LIMITS[dtype])
+    if plan is None:
+        return []
+    flags = {  # (has_v, has_r0)
+        "normal": (False, False), "dc_gradient": (False, True), "flow_step": (True, True),
+        "normal_backward_x": (False, False), "dc_gradient_backward_x": (False, False),
+        "flow_step_backward_x": (False, False),
+    }
+    if op not in flags:
+        raise ValueError(f"op: expected one of {sorted(flags)}, got {op!r}")
+    has_v, has_r0 = flags[op]
+    work = row_step_work(B, C, H, W, cb, has_v=has_v, has_r0=has_r0, Cg=plan["Cg"])
+    suffix = "c64" if cb == 8 else "c128"
+    return [dict(work, kernel=f"flat_row_step_{suffix}", grid=(H, B), smem_bytes=plan["smem_bytes"],
+                 coils_per_chunk=plan["Cg"], ld=plan["ld"])]
 
 
 def row_radices(W: int) -> list:
@@ -110,13 +147,22 @@ def row_radices(W: int) -> list:
 _ROW_BUTTERFLY = (2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 19, 20, 23)  # radices with an explicit butterfly
 
 
+def _row_pad(W: int) -> int:
+    """Padding block of the first stage's output (frow_fft): its radix when even and not alone."""
+    radices = row_radices(W)
+    return radices[0] if len(radices) >= 2 and radices[0] % 2 == 0 else 0
+
+
 def row_ld(W: int) -> int:
-    """Row stride of the kernel's FFT buffers: W padded to ld ≡ W/R_last (mod 16), so that a warp
-    reading the last stage's inputs across two coil rows hits consecutive banks (row_step.cu)."""
+    """Row stride of the kernel's FFT buffers: at least W (W + W/R1 with a padded first stage),
+    ≡ W/R_last (mod 16), so that a warp reading the last stage's inputs across two coil rows hits
+    consecutive banks (row_step.cu)."""
     radices = row_radices(W)
     if len(radices) < 2:
         return W
-    return W + (W // radices[-1] - W) % 16
+    pad = _row_pad(W)
+    need = W + (W // pad if pad else 0)
+    return need + (W // radices[-1] - need) % 16
 
 
 def row_plan(C: int, W: int, complex_bytes: int, limits) -> dict | None:
@@ -167,23 +213,25 @@ def _wavefronts(addrs, complex_bytes):
     return actual, ideal
 
 
-def _stage_conflicts(W, R, Ns, nb, complex_bytes, direct, ld=None):
+def _stage_conflicts(W, R, Ns, nb, complex_bytes, direct, ld=None, pin=0, pout=False):
     """(read, write) bank-conflict factors of one Stockham stage, lanes mapped as row_step.cu does
     (thread e of nb·W/R butterflies, or of nb·W outputs for a direct-DFT stage; warps of 32)."""
     L = W // R
     ld = W if ld is None else ld
+    La = L + L // pin if pin else L  # padded input rows: one slot after every pin elements
+    Rb = R + 1 if pout else R  # padded output blocks of an Ns = 1 stage
     n_e = nb * (W if direct else L)
     tot = {"r": [0, 0], "w": [0, 0]}
     for w0 in range(0, n_e, 32):
         es = range(w0, min(w0 + 32, n_e))
         if direct:
             idx = [(e // W, (e % W) % L, (e % W) // L) for e in es]  # (row, j, r)
-            reads = [[row * ld + j + q * L for row, j, _ in idx] for q in range(R)]
-            writes = [[row * ld + (j - j % Ns) * R + j % Ns + r * Ns for row, j, r in idx]]
+            reads = [[row * ld + j + (j // pin if pin else 0) + q * La for row, j, _ in idx] for q in range(R)]
+            writes = [[row * ld + (j - j % Ns) * Rb + j % Ns + r * Ns for row, j, r in idx]]
         else:
             idx = [(e // L, e % L) for e in es]
-            reads = [[row * ld + j + r * L for row, j in idx] for r in range(R)]
-            writes = [[row * ld + (j - j % Ns) * R + j % Ns + r * Ns for row, j in idx] for r in range(R)]
+            reads = [[row * ld + j + (j // pin if pin else 0) + r * La for row, j in idx] for r in range(R)]
+            writes = [[row * ld + (j - j % Ns) * Rb + j % Ns + r * Ns for row, j in idx] for r in range(R)]
         for key, accesses in (("r", reads), ("w", writes)):
             for a in accesses:
                 got, ideal = _wavefronts(a, complex_bytes)
@@ -201,12 +249,14 @@ def _fft_counts(W: int, first: str, nb: int = 8, complex_bytes: int = 8):
     """
     flops = smem = eff = 0
     Ns = 1
+    pad = _row_pad(W)
     for i, R in enumerate(row_radices(W)):
         L = W // R
         mode = first if i == 0 else "smem"
         per_in = {"smem": 1.0, "coils": 2.0, "mask": 1.5}[mode]
         direct = R not in _ROW_BUTTERFLY
-        rf, wf = _stage_conflicts(W, R, Ns, nb, complex_bytes, direct, row_ld(W))
+        rf, wf = _stage_conflicts(W, R, Ns, nb, complex_bytes, direct, row_ld(W),
+                                  pin=pad if i == 1 else 0, pout=bool(pad) and i == 0)
         if not direct:
             h = (R - 1) // 2 if R % 2 else (12 if R == 20 else 0)  # table reads inside the butterfly
             twiddle = (2 * R - 3) * 6 if Ns > 1 else 0  # R − 1 multiplies and the power chain
@@ -229,7 +279,7 @@ def row_step_work(B: int, C: int, H: int, W: int, complex_bytes: int, has_v: boo
     dram_bytes: S, x, [v], [Aᴴy] read once, the output written once, the mask once per sample (its
     re-reads by every block of a sample are L2 hits).
     flops: real floating-point operations (FMA = 2).
-    smem_bytes: shared-memory traffic; smem_wavefront_bytes: the same with every FFT-stage access
+    smem_traffic_bytes: shared-memory traffic; smem_wavefront_bytes: the same with every FFT-stage access
     weighted by its bank-conflict factor (simulated lane by lane for 256-thread blocks).
     ``Cg``: coils per chunk (row_plan; default all C).
     """
@@ -253,7 +303,7 @@ def row_step_work(B: int, C: int, H: int, W: int, complex_bytes: int, has_v: boo
     other = rows * chunks * 2 * W + px * 4.5  # acc per chunk; xs, acc, ms per row; epilogue reads
     smem = cb * (rows * C * (fs + si + rest) + other)
     eff = cb * (rows * C * (fe + ie + rest) + other)
-    return {"dram_bytes": dram, "flops": flops, "smem_bytes": int(smem), "smem_wavefront_bytes": int(eff),
+    return {"dram_bytes": dram, "flops": flops, "smem_traffic_bytes": int(smem), "smem_wavefront_bytes": int(eff),
             "blocks": rows, "threads": ROW_THREADS, "radices": radices, "fold_prologue": fold,
             "chunks": chunks}
 
