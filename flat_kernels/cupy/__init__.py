@@ -13,9 +13,20 @@ dt, lam; none for the mask, as in the reference); forward only for ``sens_expand
 ``sens_reduce``, ``sense_forward``, ``sense_adjoint`` (their backward runs on the reference path).
 ``fft2c``/``ifft2c``/``rss`` run on the reference path (cuFFT through torch already).
 
-How (design B of docs/kernels.md, with CUDA C instead of Triton around cuFFT)
------------------------------------------------------------------------------------
-Image-form step, column mask ``m`` (the fastMRI case), docs/operators.md (the column-mask identity)::
+Column masks: one pass (the row kernel, docs/row_kernel.md)
+-----------------------------------------------------------
+For a column mask (the fastMRI case), ``normal``, ``dc_gradient``, ``flow_step`` and their
+x-gradients (and AᴴA x − Aᴴy for grad_dt/grad_lam) are **one launch** of
+``flat_row_step_<c64|c128>`` (``flat_kernels/cuda/row_step.cu``): one thread block per image row,
+the coils of the row in shared memory, a mixed-radix FFT along W, mask, inverse FFT, coil reduction
+and Euler update, one store; S is read once and no coil stack is written (predicted 1.3–1.8× the
+memory floor at knee/brain sizes, flat_kernels/NOTES.md). :mod:`._engine` takes it whenever the
+runtime can launch it and a row fits in shared memory (``row_plan``); grad_S, 2-D masks, the
+k-space form and Aᴴy from k-space take the cuFFT path below.
+
+The cuFFT path (design B of docs/kernels.md, with CUDA C instead of Triton around cuFFT)
+-----------------------------------------------------------------------------------------
+Image-form step, column mask ``m``, docs/operators.md (the column-mask identity)::
 
     prologue   buf_c = S_c ⊙ x                          1 pass: read S, x; write the coil stack
     cuFFT      1-D along W, in place, unscaled           (batched Plan1d over B·C·H rows)
@@ -52,7 +63,7 @@ as torch's own documentation asks for any warm-up.
 
 Verified, and what still needs a GPU
 ------------------------------------
-Verified on a CPU machine (tests/test_cupy.py, tests/test_cuda_compile.py): the CUDA C compiles
+Verified on a CPU machine (tests/test_cupy.py, tests/test_cuda_row.py, tests/test_cuda_compile.py): the CUDA C compiles
 for sm_90 with no spills; the *same* kernel source, compiled for the host through a small shim, driven
 by the *same* orchestration (:mod:`._engine`) with ``numpy.fft`` in place of cuFFT, matches the
 reference ops and backward formulas in complex64 and complex128 (even/odd sizes, column and 2-D
@@ -68,13 +79,6 @@ Not implemented (weighed, left for a session with a GPU)
   supports them only through ``cupy.fft.config.set_cufft_callbacks`` (legacy callbacks need a
   static cuFFT link compiled per callback set; the LTO/JIT path changed in CUDA 13), which can
   only be tried on a GPU.
-* Design E, one CTA per image row (b, h): load S[b, :, h, :] and x[b, h, :] (C·W complex: 44 KB
-  complex64 / 88 KB complex128 at knee size, within the 227 KB of shared memory of an H100),
-  mixed-radix FFT along W in shared memory (368 = 16·23, 320 = 64·5, 640 = 128·5: radix-23 and
-  radix-5 butterflies), mask, inverse, coil reduction and Euler update in registers: one pass over
-  S (predicted 15–25 µs). It is block-cooperative (``__syncthreads`` between FFT stages), so the
-  single-thread host shim used here cannot execute it; writing it without running it on a GPU
-  would ship an unvalidated kernel, so it is not here.
 """
 from __future__ import annotations
 
