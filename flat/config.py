@@ -24,6 +24,7 @@ UNETS = ("flat", "fastmri")
 SCHEDULES = ("power", "uniform")
 LR_SCHEDULES = ("cosine", "constant")
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction")
+AMP_MODES = ("none", "bf16")
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,10 @@ class DataConfig:
     center_fractions: tuple = (0.08,)
     augment: bool = True  # random flips of the fully sampled k-space (image flips), cheap
     max_slices: int = 0  # 0 = all; otherwise the first N slices of the sorted set (quick runs)
+    # fastMRI's SliceDataset sampling, seeded by train.seed: a random fraction of the slices
+    # (sample_rate) or of whole volumes (volume_sample_rate), drawn once per run; 1 = all
+    sample_rate: float = 1.0
+    volume_sample_rate: float = 1.0
 
     def validate(self) -> None:
         _choice("data.mask_type", self.mask_type, MASK_TYPES)
@@ -199,6 +204,13 @@ class DataConfig:
                 raise ValueError(f"data.center_fractions: must be in (0, 1), got {c}")
         if self.max_slices < 0:
             raise ValueError(f"data.max_slices: must be >= 0, got {self.max_slices}")
+        for name in ("sample_rate", "volume_sample_rate"):
+            v = getattr(self, name)
+            if not (0 < v <= 1):
+                raise ValueError(f"data.{name}: must be in (0, 1] (1 = all), got {v}")
+        if self.sample_rate < 1 and self.volume_sample_rate < 1:
+            raise ValueError("data.sample_rate / data.volume_sample_rate: set one of them, not both "
+                             "(slices or whole volumes, as fastMRI's SliceDataset)")
 
 
 @dataclass(frozen=True)
@@ -223,9 +235,20 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimiser steps between checkpoints (and at every epoch end)
     val_every: int = 1  # epochs between validations (and always after the last)
     log_every: int = 10
+    # DataLoader worker processes per rank; -1 = auto (the CPUs this process may use, shared by the
+    # ranks on the node, minus one for the step; 0 on a single CPU), 0 = load in the main process
+    workers: int = -1
+    # memory levers (docs/training.md): recompute each cascade's network in the backward instead
+    # of storing its activations; "bf16": the networks under bfloat16 autocast, every
+    # data-consistency op still in complex64
+    checkpoint_cascades: bool = False
+    amp: str = "none"
 
     def validate(self) -> None:
         _positive_int("train.epochs", self.epochs)
+        _choice("train.amp", self.amp, AMP_MODES)
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < -1:
+            raise ValueError(f"train.workers: must be an integer >= 0 (or -1 = auto), got {self.workers!r}")
         _positive_int("train.batch_size", self.batch_size)
         _positive_int("train.checkpoint_every", self.checkpoint_every)
         _positive_int("train.val_every", self.val_every)
@@ -293,6 +316,17 @@ def _presets() -> dict[str, Config]:
         "default": base,
         "demo": Config(model=demo_model, train=demo_train),
         "demo-vanilla": Config(model=dataclasses.replace(demo_model, mode="vanilla"), train=demo_train),
+        # fastMRI's scale (its released E2E-VarNet: 12 cascades, chans 18, pools 4, learned maps
+        # with sens_chans 8, sens_pools 4) in VarNet's layout, so VarNet weights load (--init-from);
+        # fastMRI's masks for each challenge. lr 3e-4 is fastMRI's VarNet value, here for a global
+        # batch of 8 slices (GPUs × train.batch_size); scale it linearly (README, Training)
+        "knee": Config(model=_FASTMRI_MODEL, data=DataConfig(mask_type="random", accelerations=(4, 8),
+                                                             center_fractions=(0.08, 0.04)),
+                       train=_FASTMRI_TRAIN),
+        "brain": Config(model=_FASTMRI_MODEL, data=DataConfig(mask_type="equispaced_fraction",
+                                                              accelerations=(4, 8),
+                                                              center_fractions=(0.08, 0.04)),
+                        train=_FASTMRI_TRAIN),
         # for tests: a few thousand parameters, seconds per epoch on 2 cores
         "tiny": Config(
             model=ModelConfig(cascades=3, chans=4, pools=2, time_dim=8, dc_per_step=1.0, sens_chans=4,
@@ -301,6 +335,11 @@ def _presets() -> dict[str, Config]:
         ),
     }
 
+
+_FASTMRI_MODEL = ModelConfig(cascades=12, chans=18, pools=4, unet="fastmri", state="kspace", sens="learned",
+                             sens_chans=8, sens_pools=4)
+_FASTMRI_TRAIN = TrainConfig(epochs=50, lr=3e-4, weight_decay=0.0, batch_size=1, warmup_steps=1000,
+                             checkpoint_every=500, log_every=100, checkpoint_cascades=True)
 
 PRESETS = tuple(_presets())
 

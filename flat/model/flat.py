@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from flat.config import ModelConfig
@@ -102,6 +103,30 @@ class FlatModel(nn.Module):
             self.sens_net = (VarNetSensitivityModel(cfg.sens_chans, cfg.sens_pools) if cfg.unet == "fastmri"
                              else SensitivityModel(cfg.sens_chans, cfg.sens_pools))
 
+        # memory levers (train.checkpoint_cascades, train.amp; docs/training.md): run-time
+        # settings, not architecture, so neither is in cfg nor in the state dict
+        self.checkpoint_nets, self.amp = False, "none"
+
+    def set_memory_levers(self, checkpoint: bool = False, amp: str = "none") -> "FlatModel":
+        """``checkpoint``: recompute each cascade's network (and the learned-sensitivity network)
+        in the backward instead of storing its activations. ``amp="bf16"``: the cascade networks
+        under bfloat16 autocast; the data-consistency ops stay complex64 (autocast is off there)."""
+        if amp not in ("none", "bf16"):
+            raise ValueError(f"amp: expected 'none' or 'bf16', got {amp!r}")
+        self.checkpoint_nets, self.amp = bool(checkpoint), amp
+        return self
+
+    def _net(self, net, x, tk, ahy):
+        """One cascade network call under the memory levers; its output is complex64 either way."""
+        def run(x, tk, ahy):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+                v = net(x, tk, ahy) if self.cfg.cond_x0 else net(x, tk)
+            return v.to(torch.complex64)
+
+        if self.checkpoint_nets and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(run, x, tk, ahy, use_reentrant=False)
+        return run(x, tk, ahy)
+
     # -- pieces ---------------------------------------------------------------------------------
     def grid(self, steps: int | None = None) -> torch.Tensor:
         K = steps or self.cfg.cascades
@@ -126,6 +151,9 @@ class FlatModel(nn.Module):
         if self.cfg.sens == "given":
             raise ValueError("sens: this model was configured with model.sens=given; pass sens maps")
         if self.sens_net is not None:
+            if self.checkpoint_nets and torch.is_grad_enabled():  # recomputed in the backward too
+                return torch.utils.checkpoint.checkpoint(self.sens_net, masked_kspace, num_low_frequencies,
+                                                         use_reentrant=False)
             return self.sens_net(masked_kspace, num_low_frequencies)
         if self.cfg.sens == "espirit":  # normally precomputed once per slice and passed as sens
             from flat.coils import estimate_maps
@@ -206,7 +234,8 @@ class FlatModel(nn.Module):
         for k in range(K):
             net = self.nets[0 if cfg.shared_weights else k]
             tk = t[k].expand(B) if cfg.mode == "flat" else None
-            v = net(x, tk, ahy) if cfg.cond_x0 else net(x, tk)
+            v = self._net(net, x, tk, ahy) if self.checkpoint_nets or self.amp != "none" else (
+                net(x, tk, ahy) if cfg.cond_x0 else net(x, tk))
             if cfg.unet == "fastmri":  # VarNet's convention: the network term is the step, subtracted
                 v = -v / dts[k]
             elif gain != 1.0:
