@@ -14,7 +14,8 @@ import math
 import os
 from pathlib import Path
 
-from flat.io import atomic_path
+from flat.data.fastmri import DataError, list_h5_files, nonfinite_slices
+from flat.io import atomic_path, check_writable_file
 from flat.metrics import evaluate_folders
 
 
@@ -30,11 +31,29 @@ def _finite(obj):
 def evaluate(predictions: str | os.PathLike, targets: str | os.PathLike, *,
              json_file: str | os.PathLike | None = None, data_range: str = "volume",
              progress: bool = False) -> dict:
-    """:func:`flat.metrics.evaluate_folders`, after checking that ``json_file`` (where the caller
-    will write the result) is not a folder -- before any volume is read."""
-    if json_file is not None and Path(json_file).is_dir():
-        raise ValueError(f"--json {json_file}: is a folder, expected a file name")
+    """:func:`flat.metrics.evaluate_folders`, after checking, before any metric is computed, that
+    ``json_file`` (where the caller will write the result) can be written and that every
+    prediction and target is finite (a NaN would turn every metric into ``nan``)."""
+    if json_file is not None:
+        check_writable_file(json_file, "--json")
+    for path, name in _files(Path(predictions), Path(targets)):
+        bad = nonfinite_slices(path, name)
+        if bad:
+            s, n = next(iter(bad.items()))
+            raise DataError(f"{path}: slice {s} of '{name}' holds {n} non-finite value(s) (NaN/Inf)"
+                            f"{f' ({len(bad)} slices in all)' if len(bad) > 1 else ''}; expected finite "
+                            f"{'predictions' if name == 'reconstruction' else 'targets'}")
     return evaluate_folders(predictions, targets, data_range=data_range, progress=progress)
+
+
+def _files(pred: Path, tgt: Path) -> list[tuple[Path, str]]:
+    """The (file, dataset) pairs :func:`flat.metrics.evaluate_folders` will read; missing ones are
+    left for it to report."""
+    if not pred.exists() or not tgt.exists():
+        return []
+    targets = list_h5_files(tgt)
+    preds = [pred] if pred.is_file() else [pred / t.name for t in targets if (pred / t.name).is_file()]
+    return [(t, "reconstruction_rss") for t in targets] + [(p, "reconstruction") for p in preds]
 
 
 def write_json(result: dict, path: str | os.PathLike) -> None:

@@ -18,7 +18,12 @@ from flat.model import FlatModel
 def load_model(path: str | os.PathLike, map_location="cpu"):
     """A :class:`flat.model.FlatModel` in eval mode, rebuilt from the config stored in the checkpoint."""
     ckpt = read_checkpoint(path, map_location)
-    cfg = Config.from_dict(ckpt["config"])
+    if not isinstance(ckpt.get("model"), dict) or not ckpt["model"]:
+        raise ValueError(f"checkpoint: {path}: holds no weights (expected a 'model' state dict)")
+    try:
+        cfg = Config.from_dict(ckpt.get("config"))
+    except (TypeError, ValueError) as exc:  # e.g. a key this version does not know
+        raise ValueError(f"checkpoint: {path}: {exc}") from None
     model = FlatModel(cfg.model)
     try:
         model.load_state_dict(ckpt["model"])

@@ -13,6 +13,8 @@ written whole or not at all. ``zero-filled`` and ``cg-sense`` take ``-`` for CHE
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,10 +26,11 @@ from tqdm import tqdm
 
 import flat.ops as fo
 from flat.coils import estimate_sens_acs
-from flat.data.fastmri import DataError, list_h5_files, read_volume, read_volume_info
+from flat.checks import check_device, check_mask_feasible, check_output_not_input
+from flat.data.fastmri import DataError, list_h5_files, nonfinite_slices, read_volume, read_volume_info
 from flat.data.masks import apply_mask, create_mask_for_mask_type, num_low_frequencies_from_mask, volume_seed
 from flat.data.transforms import center_crop, output_crop_size, padding_mask
-from flat.io import atomic_path
+from flat.io import atomic_path, check_writable_dir, kill_point, remove_stale_temps
 
 # ---------------------------------------------------------------- reconstructions (library API)
 def zero_filled(masked_kspace, crop_size=None, *, backend: Optional[str] = None):
@@ -188,11 +191,16 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
                 mask_type: str = "equispaced_fraction", accelerations: Sequence[int] = (4,),
                 center_fractions: Sequence[float] = (0.08,), backend: Optional[str] = None,
                 batch_size: int = 8, cg_iters: int = 20, cg_lam: float = 0.0, device: str = "cpu",
-                progress: bool = True) -> list[Path]:
+                progress: bool = True, overwrite: bool = False, zero_nonfinite: bool = False) -> list[Path]:
     """``flat recon``: reconstruct every volume of ``data`` (a file or folder) with ``method`` into
     one submission file per volume in ``out``; returns the paths written. Every input is checked
-    before anything is written, so a bad file in a folder leaves no output. Errors name the flag
-    of ``flat recon`` they come from."""
+    before anything is written (layout, header, mask, finite k-space, mask feasibility, OUT
+    writable, the checkpoint), so a bad file in a folder leaves no output -- OUT is not even
+    created. Errors name the flag of ``flat recon`` they come from.
+
+    A volume whose output already exists whole, from the same settings, is skipped (a rerun after
+    a kill finishes the rest); ``overwrite`` redoes it. Non-finite k-space is refused unless
+    ``zero_nonfinite``, which zeroes those samples and says how many."""
     data, out = Path(data), Path(out)
     accelerations, center_fractions = list(accelerations), list(center_fractions)
     if batch_size < 1:
@@ -204,14 +212,11 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
             f"--accelerations ({len(accelerations)} values) and --center-fractions "
             f"({len(center_fractions)} values) must have the same length"
         )
-    mask_func = create_mask_for_mask_type(mask_type, center_fractions, accelerations)
-    if device != "cpu":
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"--device {device!r}: {exc}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        mask_func = create_mask_for_mask_type(mask_type, center_fractions, accelerations)
+    except ValueError as exc:
+        raise ValueError(f"--accelerations / --center-fractions: {exc}") from None
+    check_device(device)
     if backend is not None:
         if backend not in fo.available_backends() and backend != "auto":
             raise ValueError(
@@ -221,12 +226,14 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
     if not data.exists():
         raise DataError(f"{data}: no such file or folder (DATA)")
     files = list_h5_files(data)
-    infos = [read_volume_info(f) for f in files]
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder (OUT)")
-    for info in infos:
-        if out.resolve() / info.fname == info.path.resolve():
-            raise DataError(f"{info.path}: OUT would overwrite the input file")
+    infos = [read_volume_info(f) for f in files]  # layout, header against kspace, mask
+    check_writable_dir(out, "OUT")
+    check_output_not_input(out, infos)
+    settings = _settings(method, checkpoint, mask_type, accelerations, center_fractions, cg_iters, cg_lam)
+    todo = infos if overwrite else [i for i in infos if not _already_done(out / i.fname, i, settings)]
+    for info in todo:
+        if not info.has_mask:
+            check_mask_feasible(accelerations, center_fractions, info.kspace_shape[-1], info.path)
 
     model = None
     if method == "flat":
@@ -251,13 +258,24 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
         print(f"flat recon: note: --method {method} uses no checkpoint; ignoring {checkpoint}",
               file=sys.stderr)
 
-    total = sum(i.num_slices for i in infos)
+    nonfinite = _check_finite_kspace(todo, zero_nonfinite)  # reads every volume to do, slice by slice
+    if len(todo) < len(infos):
+        print(f"flat recon: note: {len(infos) - len(todo)} volume(s) already complete in {out}, skipped "
+              "(--overwrite to redo them)", file=sys.stderr)
+    if out.is_dir():
+        remove_stale_temps(out, [i.fname for i in infos])  # what a killed run left
+
+    total = sum(i.num_slices for i in todo)
     bar = tqdm(total=total, desc=f"recon {method}", unit="slice", file=sys.stderr,
                disable=not progress or None, leave=False)
     written = []
     try:
-        for info in infos:
+        for info in todo:
             kspace, file_mask, _, _ = read_volume(info.path)
+            if nonfinite.get(info.path):
+                kspace = np.where(np.isfinite(kspace), kspace, 0).astype(kspace.dtype)
+                print(f"flat recon: note: {info.path}: zeroed {nonfinite[info.path]} non-finite k-space "
+                      "sample(s) (--zero-nonfinite)", file=sys.stderr)
             masked, mask, num_low = prepare_volume(kspace, file_mask, info, mask_func)
             if method == "varnet" and file_mask is not None:
                 num_low = None  # fastMRI's pretrained-VarNet inference infers it from the mask
@@ -266,7 +284,57 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
                 method, masked, mask, num_low, crop, model=model, backend=backend,
                 batch_size=batch_size, cg_iters=cg_iters, cg_lam=cg_lam, progress=bar, device=device,
             )
-            written.append(write_submission(out / info.fname, recon, {"method": method}))
+            written.append(write_submission(out / info.fname, recon, {"method": method, SETTINGS_ATTR: settings}))
+            kill_point("recon:volume")
     finally:
         bar.close()
     return written
+
+
+# the submission-file attr that records what made it: a rerun skips it only when it matches
+SETTINGS_ATTR = "flat_recon_settings"
+
+
+def _settings(method, checkpoint, mask_type, accelerations, center_fractions, cg_iters, cg_lam) -> str:
+    d = {"method": method, "mask_type": mask_type, "accelerations": [float(a) for a in accelerations],
+         "center_fractions": [float(c) for c in center_fractions]}
+    if method == "cg-sense":
+        d.update(cg_iters=int(cg_iters), cg_lam=float(cg_lam))
+    if checkpoint != "-" and method in ("flat", "varnet"):
+        st = os.stat(checkpoint) if os.path.isfile(checkpoint) else None
+        d["checkpoint"] = [os.path.abspath(checkpoint), st.st_size if st else None, st.st_mtime_ns if st else None]
+    return json.dumps(d, sort_keys=True)
+
+
+def _already_done(path: Path, info, settings: str) -> bool:
+    """Whether ``path`` is a complete submission file of ``info`` made with ``settings``; an existing
+    file of other settings (or not a complete one) is refused, so that nothing is silently mixed."""
+    if not path.exists():
+        return False
+    crop = volume_crop(info, info.kspace_shape)
+    try:
+        with h5py.File(path, "r") as f:
+            ok = ("reconstruction" in f and f["reconstruction"].shape == (info.num_slices, *crop)
+                  and f.attrs.get(SETTINGS_ATTR) == settings)
+    except OSError:
+        ok = False
+    if not ok:
+        raise DataError(f"{path}: exists, but not as this command's complete output (other settings, "
+                        "or not a submission file); pass --overwrite to redo it, or choose another OUT")
+    return True
+
+
+def _check_finite_kspace(infos, zero_nonfinite: bool) -> dict:
+    """``{path: number of non-finite samples}`` of the volumes holding any; refused unless
+    ``zero_nonfinite``."""
+    counts = {}
+    for info in infos:
+        bad = nonfinite_slices(info.path, "kspace")
+        if bad and not zero_nonfinite:
+            s, n = next(iter(bad.items()))
+            raise DataError(f"{info.path}: slice {s} of 'kspace' holds {n} non-finite value(s) (NaN/Inf)"
+                            f"{f' ({sum(bad.values())} in {len(bad)} slices)' if len(bad) > 1 else ''}; "
+                            "expected finite k-space (--zero-nonfinite zeroes them)")
+        if bad:
+            counts[info.path] = sum(bad.values())
+    return counts

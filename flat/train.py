@@ -30,6 +30,7 @@ from tqdm import tqdm
 from flat.checkpoint import MODEL_FILE, STATE_FILE, read_train_state, save_model, save_train_state
 from flat.data.slices import TrainSlices, collate, epoch_order
 from flat.flow.loss import flat_loss
+from flat.io import write_jsonl
 from flat.model import FlatModel
 from flat.validation import validate
 
@@ -125,6 +126,11 @@ class Run:
                 load_varnet_weights(self.model, init_from)
                 self.log(f"initial weights: the fastMRI VarNet of {init_from if isinstance(init_from, (str, os.PathLike)) else 'a state dict'}")
             self._log_new_run(threads)
+        metrics = self.out / "metrics.jsonl"
+        if rank == 0 and (self.history or metrics.exists()):
+            # a kill after a validation but before its checkpoint leaves a record that this run
+            # redoes: keep exactly the records of the state resumed from, so none repeats
+            write_jsonl(metrics, self.history)
         self.net = self.model
         if self.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(

@@ -26,9 +26,28 @@ class CommandError(Exception):
     """An expected failure: printed as one line, exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``flat recon: error: ...``, status 2) like every
+    other refusal; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flat", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = _Parser(prog="flat", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
@@ -47,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line, no traceback; FLAT_DEBUG=1 shows it
         if os.environ.get("FLAT_DEBUG"):
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        from flat.io import WriteError, describe_os_error  # standard library only
+
+        # a full disk or a permission problem in words (with the path), not errno/HDF5 internals
+        msg = None if isinstance(exc, WriteError) else describe_os_error(exc)
+        if msg is None:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"flat {args.command}: error: {msg}", file=sys.stderr)
         return 1
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flat.cli import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -16,16 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     demo.add_argument("out", metavar="OUT", type=Path, help="output folder")
     demo.add_argument("--seed", type=int, default=0, help="simulation seed (default: 0)")
-    demo.add_argument("--matrix", type=int, default=None, help="k-space/image size, <= 160 (default: 128)")
-    demo.add_argument("--coils", type=int, default=None, help="number of coils (default: 8)")
+    demo.add_argument("--matrix", type=positive_int, default=None, help="k-space/image size, 16 to 160 (default: 128)")
+    demo.add_argument("--coils", type=positive_int, default=None, help="number of coils (default: 8)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "demo":
         from flat.data.demo import write_demo_dataset  # the library, on use: keeps the parser light
 
-        if args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"{args.out}: exists and is not a folder (OUT)")
+        from flat.io import check_writable_dir
+
+        check_writable_dir(args.out, "OUT")
         files = write_demo_dataset(args.out, seed=args.seed, matrix=args.matrix, num_coils=args.coils,
                                    progress=True)
         counts = ", ".join(f"{k}: {len(v)}" for k, v in files.items())

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cg-lam", type=float, default=0.0, help="CG-SENSE Tikhonov weight (default: 0)")
     parser.add_argument("--device", default="cpu",
                         help="device for zero-filled / cg-sense / varnet, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo volumes whose output already exists (default: skip those complete from "
+                        "the same settings, so a rerun after a kill finishes the rest)")
+    parser.add_argument("--zero-nonfinite", action="store_true",
+                        help="zero NaN/Inf k-space samples (saying how many) instead of refusing the file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, method=args.method, mask_type=args.mask_type,
         accelerations=args.accelerations, center_fractions=args.center_fractions, backend=args.backend,
         batch_size=args.batch_size, cg_iters=args.cg_iters, cg_lam=args.cg_lam, device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, overwrite=args.overwrite, zero_nonfinite=args.zero_nonfinite,
     )
     print(f"flat recon: wrote {len(written)} file(s) to {args.out}", file=sys.stderr)
     return 0

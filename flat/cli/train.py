@@ -3,6 +3,8 @@
 an optional JSON file and overrides."""
 from __future__ import annotations
 
+import os
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--train", required=True, help="folder (or file) of fully sampled fastMRI training data")
@@ -22,6 +24,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from flat.config import load_config
+    from flat.checks import check_train_inputs
+    from flat.io import remove_stale_temps
     from flat.train import train  # the library, on use: keeps the parser light
 
     cfg = load_config(args.config, args.overrides, preset=args.preset)
@@ -29,6 +33,10 @@ def run(args) -> int:
         from flat.model.varnet import varnet_model_config
 
         cfg = cfg.replace(model=varnet_model_config(args.init_from, base=cfg.model))
+    # every input checked before OUT is created or a step is trained (flat/checks.py)
+    check_train_inputs(cfg, args.train, args.val, args.out, device=args.device)
+    if os.environ.get("RANK", "0") == "0":
+        remove_stale_temps(args.out)  # what a killed run left (the writes reuse the same names anyway)
     train(cfg, args.train, args.val, args.out, device=args.device, backend=args.backend,
           progress=not args.no_progress, init_from=args.init_from)
     return 0

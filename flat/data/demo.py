@@ -273,12 +273,13 @@ def write_demo_dataset(out_dir, *, seed: int = 0, matrix: Optional[int] = None,
     ``matrix`` (<= 160) and ``num_coils`` override :data:`demo_sizes`. Each file appears whole or not
     at all.
     """
-    matrix = int(matrix or demo_sizes["matrix"])
-    num_coils = int(num_coils or demo_sizes["num_coils"])
+    # None means the default; 0 is a size, and refused below like any other bad one
+    matrix = int(demo_sizes["matrix"] if matrix is None else matrix)
+    num_coils = int(demo_sizes["num_coils"] if num_coils is None else num_coils)
     if not 16 <= matrix <= ASSET_SIZE:
-        raise ValueError(f"matrix must lie in [16, {ASSET_SIZE}], got {matrix}")
+        raise ValueError(f"matrix (--matrix) must lie in [16, {ASSET_SIZE}], got {matrix}")
     if num_coils < 1:
-        raise ValueError(f"num_coils must be >= 1, got {num_coils}")
+        raise ValueError(f"num_coils (--coils) must be >= 1, got {num_coils}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder")

@@ -104,6 +104,69 @@ def parse_ismrmrd_header(xml: Union[bytes, str], what: str = "file") -> dict:
     }
 
 
+def check_header(hdr: dict, kspace_shape, path) -> None:
+    """Refuse a header that disagrees with ``kspace`` (S, C, H, W): matrix sizes must be >= 1 and
+    the encoded matrix must be H x W; the phase-encode centre must lie inside the width and not
+    beyond the last acquired line -- else the padding columns derived from them are nonsense."""
+    H, W = int(kspace_shape[-2]), int(kspace_shape[-1])
+    for key, space in (("encoding_size", "encodedSpace"), ("recon_size", "reconSpace")):
+        if min(hdr[key]) < 1:
+            raise DataError(f"{path}: ismrmrd_header {space}/matrixSize (x, y, z) = {hdr[key]}; "
+                            "expected sizes >= 1")
+    if tuple(hdr["encoding_size"][:2]) != (H, W):
+        raise DataError(f"{path}: ismrmrd_header encodedSpace/matrixSize (x, y) = "
+                        f"{tuple(hdr['encoding_size'][:2])} does not match 'kspace' (H, W) = ({H}, {W})")
+    center, last = hdr["enc_limits_center"], hdr["enc_limits_max"] - 1
+    if not 0 <= center < W or last < center:
+        raise DataError(f"{path}: ismrmrd_header kspace_encoding_step_1 center = {center}, maximum = "
+                        f"{last}; expected 0 <= center < W = {W} (the width of 'kspace') and "
+                        "center <= maximum")
+
+
+def check_mask(mask, path) -> None:
+    """Refuse a column mask that does not sample the k-space centre (column ``W // 2``): every
+    reconstruction needs the fully sampled centre (and an all-zero mask gives an empty image)."""
+    m = np.asarray(mask).reshape(-1)
+    if nonfinite_count(m):
+        raise DataError(f"{path}: 'mask' holds non-finite values; expected 0/1 per column")
+    m = m.astype(bool)
+    if not m[m.shape[0] // 2]:
+        raise DataError(f"{path}: 'mask' does not sample the k-space centre (column {m.shape[0] // 2} "
+                        f"is 0; {int(m.sum())} of {m.shape[0]} columns sampled); expected a mask "
+                        "with the fully sampled centre")
+
+
+def nonfinite_count(a) -> int:
+    """Number of NaN / Inf entries of an array (complex: either part)."""
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.inexact):
+        return 0
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
+def check_finite(a, path, name: str, slice_num: int) -> None:
+    """Refuse NaN / Inf in one slice of dataset ``name``, naming the file and the slice."""
+    n = nonfinite_count(a)
+    if n:
+        raise DataError(f"{path}: slice {slice_num} of '{name}' holds {n} non-finite value(s) (NaN/Inf); "
+                        "expected finite data")
+
+
+def nonfinite_slices(path: Union[str, os.PathLike], name: str = "kspace") -> dict[int, int]:
+    """``{slice: count}`` of the NaN / Inf entries of dataset ``name`` of a file, read slice by
+    slice (memory of one slice); empty when all finite."""
+    path = Path(path)
+    out = {}
+    with _open(path) as hf:
+        if name not in hf:
+            raise DataError(f"{path}: missing dataset '{name}'")
+        for s in range(hf[name].shape[0]):
+            n = nonfinite_count(_read(hf, name, s, path))
+            if n:
+                out[s] = n
+    return out
+
+
 def _open(path: Path):
     import h5py
 
@@ -140,7 +203,11 @@ def read_volume_info(path: Union[str, os.PathLike], *, require_target: bool = Fa
             raise DataError(f"{path}: 'kspace' must be complex, got dtype {ks.dtype}")
         if "ismrmrd_header" not in hf:
             raise DataError(f"{path}: missing dataset 'ismrmrd_header'")
+        if min(ks.shape) < 1:
+            raise DataError(f"{path}: 'kspace' has shape {ks.shape}; expected S, C, H, W >= 1 "
+                            "(slices, coils, readout rows, phase-encode columns)")
         hdr = parse_ismrmrd_header(hf["ismrmrd_header"][()], what=str(path))
+        check_header(hdr, ks.shape, path)
         has_target = "reconstruction_rss" in hf
         if require_target and not has_target:
             raise DataError(f"{path}: missing dataset 'reconstruction_rss'")
@@ -157,6 +224,8 @@ def read_volume_info(path: Union[str, os.PathLike], *, require_target: bool = Fa
                 f"{path}: 'mask' has shape {hf['mask'].shape}, expected ({ks.shape[-1]},) "
                 "(one entry per phase-encode column)"
             )
+        if has_mask:
+            check_mask(_read(hf, "mask", (), path), path)
         attrs = {k: _attr_value(v) for k, v in hf.attrs.items()}
         return VolumeInfo(
             path=path,
@@ -187,6 +256,10 @@ def read_slice(path: Union[str, os.PathLike], slice_num: int):
         kspace = _read(hf, "kspace", slice_num, path)
         mask = np.asarray(_read(hf, "mask", (), path)) if "mask" in hf else None
         target = _read(hf, "reconstruction_rss", slice_num, path) if "reconstruction_rss" in hf else None
+    # NaN / Inf in training or validation data would surface as a NaN loss far from its cause
+    check_finite(kspace, path, "kspace", slice_num)
+    if target is not None:
+        check_finite(target, path, "reconstruction_rss", slice_num)
     return kspace, mask, target
 
 
