@@ -4,58 +4,46 @@ import torch
 from torch.autograd import gradcheck
 
 import flat.ops as fo
-from tests.helpers import random_sens
+from flat.ops.table import OPS, SCALAR, lookup
+from tests.helpers import call_public, random_sens, variant_label
 
 B, C, H, W = 2, 2, 5, 4
 
 
-def inputs(mask_kind, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    c = lambda *s: torch.randn(*s, dtype=torch.complex128, generator=g).requires_grad_()  # noqa: E731
-    mask = (torch.tensor([1.0, 0.0, 1.0, 1.0]) if mask_kind == "column"
-            else (torch.rand(B, 1, H, W, generator=g) < 0.5).double())
-    return dict(x=c(B, H, W), v=c(B, H, W), ahy=c(B, H, W), y=c(B, C, H, W), k=c(B, C, H, W),
-                S=random_sens(B, C, H, W, generator=g).requires_grad_(), mask=mask)
+def _masks(g):
+    return {"column": torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64).reshape(1, 1, W),
+            "2d": (torch.rand(B, H, W, generator=g) < 0.5).double()}
 
 
-def real(*shape, value=0.3):
-    return (torch.full(shape, value, dtype=torch.float64) + 0.1 * torch.rand(shape, dtype=torch.float64)).requires_grad_()
+def _cases():
+    """(op, variant, mask kind, dt/lam shape) for every op of the table."""
+    cases = []
+    for spec in OPS:
+        scalars = [(), (B,)] if any(a.kind == SCALAR for a in spec.args) else [()]
+        for i in range(len(spec.variants)):
+            for mask_kind in (["column", "2d"] if spec.has_mask else [None]):
+                for shape in scalars:
+                    cases.append(pytest.param(spec.name, i, mask_kind, shape,
+                                              id=f"{variant_label(spec, i)}-{mask_kind}-{len(shape)}d"))
+    return cases
 
 
-@pytest.mark.parametrize("mask_kind", ["column", "2d"])
-def test_linear_ops(mask_kind):
-    d = inputs(mask_kind)
-    m = d["mask"]
-    assert gradcheck(fo.fft2c, (d["k"],))
-    assert gradcheck(fo.ifft2c, (d["k"],))
-    assert gradcheck(fo.sens_expand, (d["x"], d["S"]))
-    assert gradcheck(fo.sens_reduce, (d["k"], d["S"]))
-    assert gradcheck(lambda x, s: fo.sense_forward(x, s, m), (d["x"], d["S"]))
-    assert gradcheck(lambda k, s: fo.sense_adjoint(k, s, m), (d["k"], d["S"]))
-    assert gradcheck(lambda x, s: fo.normal(x, s, m), (d["x"], d["S"]))
-    assert gradcheck(lambda x, y, s: fo.dc_gradient(x, y, s, m), (d["x"], d["y"], d["S"]))
+@pytest.mark.parametrize("op,variant,mask_kind,scalar_shape", _cases())
+def test_analytic_backward(op, variant, mask_kind, scalar_shape):
+    """Every differentiable input of every op (table order), through flat.ops."""
+    spec = lookup(op)
+    g = torch.Generator().manual_seed(0)
+    mask = _masks(g)[mask_kind] if mask_kind else None
+    args = spec.sample(B, C, H, W, mask, generator=g, variant=spec.variants[variant], scalar_shape=scalar_shape)
+    free = [i for i, (a, t) in enumerate(zip(spec.args, args)) if a.differentiable and t is not None]
 
+    def f(*leaves):
+        full = list(args)
+        for i, t in zip(free, leaves):
+            full[i] = t
+        return call_public(spec, full)
 
-@pytest.mark.parametrize("mask_kind", ["column", "2d"])
-@pytest.mark.parametrize("scalar_shape", [(), (B,)])
-def test_flow_step(mask_kind, scalar_shape):
-    d = inputs(mask_kind, seed=1)
-    m = d["mask"]
-    dt, lam = real(*scalar_shape, value=0.3), real(*scalar_shape, value=2.0)
-    f = lambda x, v, y, s, dt, lam: fo.flow_step(x, v, y, s, m, dt, lam)  # noqa: E731
-    assert gradcheck(f, (d["x"], d["v"], d["y"], d["S"], dt, lam))
-    g = lambda x, v, s, dt, lam, ahy: fo.flow_step(x, v, None, s, m, dt, lam, ahy=ahy)  # noqa: E731
-    assert gradcheck(g, (d["x"], d["v"], d["S"], dt, lam, d["ahy"]))
-
-
-@pytest.mark.parametrize("mask_kind", ["column", "2d"])
-@pytest.mark.parametrize("scalar_shape", [(), (B,)])
-def test_kspace_flow_step(mask_kind, scalar_shape):
-    d = inputs(mask_kind, seed=2)
-    m = d["mask"]
-    dt, lam = real(*scalar_shape, value=0.3), real(*scalar_shape, value=2.0)
-    f = lambda k, z, y, s, dt, lam: fo.kspace_flow_step(k, z, y, s, m, dt, lam)  # noqa: E731
-    assert gradcheck(f, (d["k"], d["x"], d["y"], d["S"], dt, lam))
+    assert gradcheck(f, tuple(args[i].detach().requires_grad_() for i in free))
 
 
 def test_rss():
@@ -67,7 +55,8 @@ def test_rss():
 
 def test_real_layout_gradients():
     """Gradients come back in fastMRI's real layout when inputs are given in it."""
-    d = inputs("column", seed=3)
-    x = torch.view_as_real(d["x"].detach()).unsqueeze(1).requires_grad_()
-    s = torch.view_as_real(d["S"].detach()).requires_grad_()
-    assert gradcheck(lambda x, s: fo.sense_forward(x, s, d["mask"]), (x, s))
+    g = torch.Generator().manual_seed(3)
+    x = torch.view_as_real(torch.randn(B, H, W, dtype=torch.complex128, generator=g)).unsqueeze(1).requires_grad_()
+    s = torch.view_as_real(random_sens(B, C, H, W, generator=g)).requires_grad_()
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    assert gradcheck(lambda x, s: fo.sense_forward(x, s, mask), (x, s))
