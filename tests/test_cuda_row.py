@@ -488,3 +488,10 @@ def test_model_launches_for_the_performance_model():
     assert ENG.model_launches("normal", 1, 4, 8, 8192, "complex128") == []
     with pytest.raises(ValueError, match="op"):
         ENG.model_launches("kspace_flow_step", 1, 4, 8, 8)
+
+
+def test_row_kernel_can_be_switched_off(libs, monkeypatch):
+    monkeypatch.setenv("FLAT_CUPY_ROW_KERNEL", "0")
+    rt, out, want = _normal_case(libs, 2, 4, 3, 46, torch.complex64)
+    assert "row_step" not in rt.launched and "prologue" in rt.launched
+    assert_rel_close(_t(out), want, dtype=torch.complex64, name="FLAT_CUPY_ROW_KERNEL=0")

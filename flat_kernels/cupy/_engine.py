@@ -27,6 +27,7 @@ shape ``()`` or ``(B,)``. Formulas: docs/operators.md (the column-mask identity 
 from __future__ import annotations
 
 import math
+import os
 
 KERNEL_FILE = "dc_fused.cu"
 ROW_KERNEL_FILE = "row_step.cu"
@@ -324,8 +325,9 @@ class Engine:
     def __init__(self, rt):
         self.rt = rt
         self.xp = rt.xp
-        # the one-pass row kernel, where the runtime can launch it (column masks only)
-        self.rows = hasattr(rt, "launch_rows")
+        # the one-pass row kernel, where the runtime can launch it (column masks only);
+        # FLAT_CUPY_ROW_KERNEL=0 keeps every op on the cuFFT path (to compare the two on a GPU)
+        self.rows = hasattr(rt, "launch_rows") and os.environ.get("FLAT_CUPY_ROW_KERNEL", "1") != "0"
 
     # ------------------------------------------------------------ plumbing
     def _launch(self, name, dtype, **kw):

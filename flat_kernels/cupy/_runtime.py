@@ -31,6 +31,18 @@ _ROW_SRC = _SRC.with_name("row_step.cu")
 _PLAN_CACHE_SIZE = 32
 
 
+def _smem_attributes(index):
+    """(shared memory per SM, opt-in maximum per block) of device ``index``, in bytes."""
+    try:
+        attrs = cupy.cuda.Device(index).attributes
+        return int(attrs["MaxSharedMemoryPerMultiprocessor"]), int(attrs["MaxSharedMemoryPerBlockOptin"])
+    except (KeyError, AttributeError):
+        pass
+    # cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+    get = cupy.cuda.runtime.deviceGetAttribute
+    return int(get(81, index)), int(get(97, index))
+
+
 class CupyRuntime:
     """Runtime for one torch CUDA device (see the engine's docstring for the interface)."""
 
@@ -126,8 +138,7 @@ class CupyRuntime:
         one block per SM): the opt-in maximum. 1 KB per block is reserved by the driver.
         """
         if self._smem is None:
-            attrs = cupy.cuda.Device(self.device.index).attributes
-            self._smem = (int(attrs["MaxSharedMemoryPerMultiprocessor"]), int(attrs["MaxSharedMemoryPerBlockOptin"]))
+            self._smem = _smem_attributes(self.device.index)
         per_sm, optin = self._smem
         if np.dtype(dtype) == np.complex64:
             return (min(optin, per_sm // 2 - 1024), optin)
