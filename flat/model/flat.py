@@ -23,6 +23,7 @@ from torch import nn
 
 from flat.config import ModelConfig
 from flat.flow.schedule import steps_from_grid
+from flat.ops.checks import canonical_mask as check_mask
 from flat.model.sens import SensitivityModel, fixed_acs_sens
 from flat.model.unet import NormUnet
 from flat.model.varnet import (VarNetNormUnet, VarNetSensitivityModel, column_mask, complex_kspace,
@@ -61,25 +62,11 @@ class FlowOutput:
 
 
 def canonical_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
-    """Column mask (W,), (B, W) or (B|1, 1, 1, W), or 2-D (B|1, 1, H, W), or fastMRI's real-layout
-    masks (B|1, 1, 1|H, W, 1) and (1, 1, W, 1) -> float32 (B|1, 1, 1|H, W)."""
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask: expected a tensor, got {type(mask).__name__}")
-    m = mask
-    if m.dim() == 5 and m.shape[-1] == 1:  # fastMRI's (B, 1, 1|H, W, 1)
-        m = m[..., 0]
-    elif m.dim() == 4 and m.shape[-1] == 1 and m.shape[-2] == width and width != 1:  # (1, 1, W, 1)
-        m = m.reshape(m.shape[0], 1, 1, width)
-    if m.dim() == 1:
-        m = m.reshape(1, 1, 1, -1)
-    elif m.dim() == 2:
-        m = m.reshape(m.shape[0], 1, 1, m.shape[1])
-    ok = (m.dim() == 4 and m.shape[0] in (1, batch) and m.shape[1] == 1 and m.shape[2] in (1, height)
-          and m.shape[3] == width)
-    if not ok:
-        raise ValueError(f"mask: shape {tuple(mask.shape)} does not fit k-space (B, C, H, W) = "
-                         f"({batch}, ·, {height}, {width}); expected (W,), (B, W), (B, 1, 1, W), (B, 1, H, W) or (B, 1, 1, W, 1)")
-    return m.to(torch.float32)
+    """Any mask form flat.ops takes (column (W,), (B, W), (B|1, 1, 1, W), 2-D (B|1, 1, H, W), fastMRI's
+    (1, 1, W, 1) and (B|1, 1, 1|H, W, 1)) -> float32 (B|1, 1, 1|H, W): the ops' own check
+    (flat/ops/checks.py), viewed with a coil dim."""
+    device = mask.device if isinstance(mask, torch.Tensor) else torch.device("cpu")
+    return check_mask(mask, batch, height, width, torch.complex64, device).unsqueeze(1)
 
 
 class FlatModel(nn.Module):
