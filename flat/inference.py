@@ -48,10 +48,12 @@ def _check_inputs(masked_kspace, mask):
 @torch.no_grad()
 def reconstruct_trajectory(model, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: int,
                            *, backend: str | None = None, steps: int | None = None,
-                           sens: torch.Tensor | None = None, batch_size: int = 4) -> torch.Tensor:
+                           sens: torch.Tensor | None = None, batch_size: int = 4, forward=None) -> torch.Tensor:
     """Magnitudes of every state x_0 … x_K: (K + 1, S, H, W) float32 in the input's intensity scale.
 
-    ``sens``: optional user coil maps (S, C, H, W) (required by ``model.sens=given`` models)."""
+    ``sens``: optional user coil maps (S, C, H, W) (required by ``model.sens=given`` models);
+    ``forward``: called instead of ``model`` with its signature (:func:`flat.capture.make_forward`:
+    the cascade compiled or replayed as a CUDA graph)."""
     _check_inputs(masked_kspace, mask)
     if sens is not None and tuple(sens.shape) != tuple(masked_kspace.shape):
         raise ValueError(f"sens: expected shape {tuple(masked_kspace.shape)}, got {tuple(sens.shape)}")
@@ -60,7 +62,8 @@ def reconstruct_trajectory(model, masked_kspace: torch.Tensor, mask: torch.Tenso
     for s in range(0, masked_kspace.shape[0], batch_size):
         k = masked_kspace[s:s + batch_size].to(device=device, dtype=torch.complex64)
         maps = None if sens is None else sens[s:s + batch_size].to(device)
-        out = model(k, mask.to(device), int(num_low_frequencies), sens=maps, steps=steps, backend=backend)
+        out = (forward or model)(k, mask.to(device), int(num_low_frequencies), sens=maps, steps=steps,
+                                 backend=backend)
         outs.append(torch.stack([out.magnitude(i) for i in range(len(out.images))]).float().cpu())
     return torch.cat(outs, dim=1)
 
@@ -68,15 +71,16 @@ def reconstruct_trajectory(model, masked_kspace: torch.Tensor, mask: torch.Tenso
 @torch.no_grad()
 def reconstruct(model, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: int,
                 *, backend: str | None = None, steps: int | None = None,
-                sens: torch.Tensor | None = None) -> torch.Tensor:
+                sens: torch.Tensor | None = None, forward=None) -> torch.Tensor:
     """Reconstruct one volume: masked k-space (S, C, H, W) complex64, mask (W,) bool ->
     |x_K| (S, H, W) float32 in the input's intensity scale (not cropped).
 
-    ``steps``: another number of Euler steps (shared-weight FLAT models); ``sens``: user coil maps."""
+    ``steps``: another number of Euler steps (shared-weight FLAT models); ``sens``: user coil maps;
+    ``forward``: see :func:`reconstruct_trajectory`."""
     was_training = model.training
     model.eval()
     try:
         return reconstruct_trajectory(model, masked_kspace, mask, num_low_frequencies,
-                                      backend=backend, steps=steps, sens=sens)[-1].contiguous()
+                                      backend=backend, steps=steps, sens=sens, forward=forward)[-1].contiguous()
     finally:
         model.train(was_training)

@@ -80,6 +80,11 @@ def test_make_forward_compile_equals_eager():
     for a, b in zip(got.images + got2.images, want.images + want2.images):
         assert_rel_close(a, b, rtol=1e-5, name="make_forward('compile') state")
     assert torch.equal(got.times, want.times) and torch.equal(got.scale, want.scale)
+    # the volume API takes it as ``forward`` (what flat recon --compile does); same shapes: no recompile
+    from flat.inference import reconstruct
+
+    vol = reconstruct(model, k2, mask2, 2, backend="reference", forward=fwd)
+    assert_rel_close(vol, reconstruct(model, k2, mask2, 2, backend="reference"), rtol=1e-5, name="reconstruct")
 
 
 def test_make_forward_refuses_bad_modes_and_cpu_graphs():
