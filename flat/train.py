@@ -32,6 +32,7 @@ from flat.data.slices import TrainSlices, collate, epoch_order
 from flat.flow.loss import flat_loss
 from flat.io import write_jsonl
 from flat.model import FlatModel
+from flat.ops.backends import resolve
 from flat.validation import validate
 
 # names other modules and tests import from here
@@ -106,6 +107,7 @@ class Run:
         if self.distributed:
             dist.barrier()
         self.log = _Log(self.out, rank == 0, echo)
+        self.log(f"device {device}, data-consistency backend {resolve(backend, device.type)}")
 
         tc = self.tc
         self.data = TrainSlices(train_root, cfg.data, tc.seed)
