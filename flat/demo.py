@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from flat.cli.demo import DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S
+from flat.checks import check_device
 from flat.config import apply_overrides, get_preset
 from flat.data.demo import write_demo_dataset
 from flat.data.fastmri import list_h5_files, read_volume
@@ -34,6 +35,7 @@ from flat.inference import load_model, reconstruct_trajectory
 from flat.io import atomic_path
 from flat.metrics import psnr, volume_metrics
 from flat.plots import psnr_per_cascade, recon_panel
+from flat.ops.backends import resolve
 from flat.recon import prepare_volume, reconstruct_volume
 from flat.train import MODEL_FILE, train
 
@@ -48,8 +50,9 @@ def _split_files(data: str | os.PathLike) -> dict:
     return out
 
 
-def evaluate_methods(test_files, models: dict, data_cfg, *, backend=None, progress=False) -> dict:
-    """Reconstruct every test volume with zero-filled, CG-SENSE and each model.
+def evaluate_methods(test_files, models: dict, data_cfg, *, backend=None, progress=False, device="cpu") -> dict:
+    """Reconstruct every test volume with zero-filled, CG-SENSE (on ``device``) and each model (on
+    its own device).
 
     Returns ``{"methods": {name: {"PSNR","SSIM","NMSE","seconds"}}, "cascade": {name: [PSNR of x_k]},
     "example": {...}}`` with metrics averaged over volumes (fastMRI's per-volume metrics).
@@ -74,7 +77,7 @@ def evaluate_methods(test_files, models: dict, data_cfg, *, backend=None, progre
                     reconstruct_trajectory(models[name], masked[:1], mask, nlf, backend=backend)
                 else:
                     reconstruct_volume("zero-filled" if name == "zero-filled" else "cg-sense", masked[:1], mask,
-                                       nlf, crop, backend=backend)
+                                       nlf, crop, backend=backend, device=device)
             warm = True
         for name in names:
             t0 = time.perf_counter()
@@ -84,7 +87,7 @@ def evaluate_methods(test_files, models: dict, data_cfg, *, backend=None, progre
                 cascade[name].append([psnr(target, center_crop(t, crop).numpy(), maxval) for t in traj])
             else:
                 method = "zero-filled" if name == "zero-filled" else "cg-sense"
-                recon = reconstruct_volume(method, masked, mask, nlf, crop, backend=backend)
+                recon = reconstruct_volume(method, masked, mask, nlf, crop, backend=backend, device=device)
             secs[name] += time.perf_counter() - t0
             rows[name].append(volume_metrics(target, recon, maxval))
             recons[name] = recon
@@ -239,9 +242,9 @@ def cap_message(name: str, result: dict, steps: int, time_limit_s: float) -> str
     return None
 
 
-def _train_job(cfg, train_files, val_files, run_dir, progress=False) -> dict:
+def _train_job(cfg, train_files, val_files, run_dir, progress=False, device=None, backend=None) -> dict:
     """One training run (also in a worker process): the summary, without the model object."""
-    r = train(cfg, train_files, val_files, run_dir, progress=progress, echo=False)
+    r = train(cfg, train_files, val_files, run_dir, progress=progress, echo=False, device=device, backend=backend)
     return {"elapsed_s": r["elapsed_s"], "global_step": r["global_step"], "history": r["history"]}
 
 
@@ -262,7 +265,11 @@ def format_table(res: dict) -> str:
 
 def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, steps: int = DEFAULT_STEPS,
              time_limit_s: float = DEFAULT_TIME_LIMIT_S, preset: str = "demo", overrides: list[str] | None = None, seed: int = 0,
-             progress: bool = True, echo: bool = True) -> dict:
+             progress: bool = True, echo: bool = True, device=None, backend=None) -> dict:
+    """``device``: where training, the models and the classical baselines run (default: CUDA when
+    present); ``backend``: the data-consistency backend (default: the fastest there)."""
+    dev = check_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    be = resolve(backend, dev.type)  # a backend that cannot run there is refused before any work
     if steps < 1:
         raise ValueError(f"--steps: must be >= 1, got {steps}")
     if not time_limit_s >= 0:
@@ -272,6 +279,8 @@ def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, st
     out.mkdir(parents=True, exist_ok=True)
     threads = usable_threads()
     torch.set_num_threads(threads)
+    if echo:
+        print(f"device {dev}, data-consistency backend {be}", flush=True)
 
     # 1. data
     if data is None:
@@ -312,7 +321,8 @@ def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, st
     if parallel:
         with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
             monitor = TrainProgress(run_dirs, steps, time_limit_s, enabled=progress and echo)
-            futures = {name: pool.submit(_train_job, *job) for name, job in jobs.items()}
+            futures = {name: pool.submit(_train_job, *job, device=str(dev), backend=backend)
+                       for name, job in jobs.items()}
             try:
                 while wait(list(futures.values()), timeout=2.0).not_done:
                     monitor.poll()
@@ -321,7 +331,8 @@ def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, st
                 monitor.close()
             results = {name: f.result() for name, f in futures.items()}
     else:
-        results = {name: _train_job(*job, progress=progress) for name, job in jobs.items()}
+        results = {name: _train_job(*job, progress=progress, device=str(dev), backend=backend)
+                   for name, job in jobs.items()}
     capped = {}
     for name, r in results.items():
         train_info[name] = (r["elapsed_s"], r["global_step"])
@@ -340,9 +351,9 @@ def run_demo(out: str | os.PathLike = "demo_out", *, data: str | None = None, st
     # 3. test set
     if echo:
         print("reconstructing the test volumes ...", flush=True)
-    models = {name: load_model(out / ckpt_names[name]) for name in cfgs}
+    models = {name: load_model(out / ckpt_names[name], map_location=dev) for name in cfgs}
     data_cfg = cfgs["FLAT"].data
-    res = evaluate_methods(files["test"], models, data_cfg, progress=progress)
+    res = evaluate_methods(files["test"], models, data_cfg, backend=backend, progress=progress, device=dev)
     res["acceleration"] = (f"{data_cfg.mask_type} mask, R = {','.join(str(a) for a in data_cfg.accelerations)}, "
                            f"centre {','.join(str(c) for c in data_cfg.center_fractions)}")
     res["train"] = train_info

@@ -23,6 +23,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied to both models, e.g. --set model.cascades=8")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data set and training")
+    parser.add_argument("--device", default=None,
+                        help="cpu or cuda[:N]: training, models and baselines (default: cuda if available)")
+    parser.add_argument("--backend", default=None, choices=("auto", "reference", "triton", "cupy"),
+                        help="data-consistency backend (default: auto, the fastest on the device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -30,7 +34,8 @@ def run(args) -> int:
     from flat.demo import format_table, run_demo  # the library, on use: keeps the parser light
 
     res = run_demo(args.out, data=args.data, steps=args.steps, time_limit_s=args.time_limit, preset=args.preset,
-                   overrides=args.overrides, seed=args.seed, progress=not args.no_progress)
+                   overrides=args.overrides, seed=args.seed, progress=not args.no_progress,
+                   device=args.device, backend=args.backend)
     print(format_table(res))
     print(f"\nwrote {', '.join(res['files'])} in {res['out']} ({res['wall_s']:.0f} s in all)")
     return 0
