@@ -16,6 +16,7 @@ A run resumes only from a state whose config matches its own, except for bookkee
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -37,6 +38,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code objects, ...
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip: anything else is not one of ours
+            raise ValueError(f"checkpoint: {path}: not a torch checkpoint file (empty, truncated or "
+                             "corrupt?)") from None
         raise ValueError(f"checkpoint: cannot load {path} safely (weights_only): {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint: {path} is not a FLAT checkpoint (expected kind in {CHECKPOINT_KINDS})")

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from flat.checkpoint import STATE_FILE, read_train_state
 from flat.data.fastmri import DataError, list_h5_files, read_volume_info
 from flat.io import check_writable_dir
 
@@ -62,7 +63,8 @@ def volumes(root, flag: str, *, require_target: bool = False):
 def check_train_inputs(cfg, train_root, val_root, out, device=None, world: int | None = None) -> None:
     """What ``flat train`` needs before it creates ``out`` or trains a step: readable training and
     validation data with targets, enough slices for one step, slices that batch, masks feasible
-    for every width, an existing device and a writable ``out``."""
+    for every width, an existing device, a writable ``out`` and, in it, a training state that this
+    run can resume (if any)."""
     cfg.validate()
     world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     check_device(device)
@@ -84,6 +86,9 @@ def check_train_inputs(cfg, train_root, val_root, out, device=None, world: int |
     for v in _distinct_widths(train + val):
         check_mask_feasible(dc.accelerations, dc.center_fractions, v.kspace_shape[-1], v.path,
                             flags=("data.accelerations", "data.center_fractions"))
+    state = Path(out) / STATE_FILE
+    if state.is_file():  # a run to resume: corrupt, not ours or of another config is refused now
+        read_train_state(state, cfg)
 
 
 def _distinct_widths(infos: Iterable) -> list:

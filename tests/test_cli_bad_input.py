@@ -56,6 +56,8 @@ def world(tmp_path_factory):
     torch.save({"kind": "flat-model", "version": 1, "config": bad, "model": {"w": torch.ones(1)}, "meta": {}},
                w / "unknownkey.pt")
     (w / "garbage.pt").write_bytes(b"not a checkpoint")
+    torch.save({"kind": "flat-train-state", "version": 1, "config": get_preset("default").to_dict(),
+                "model": {"w": torch.ones(1)}}, w / "otherstate.pt")
     return w
 
 
@@ -166,7 +168,15 @@ CASES = [
     # ---- flat recon: CHECKPOINT
     ("recon-flat-without-checkpoint", ["CHECKPOINT"], lambda t, w: ["recon", "-", w / "data", t / "out"]),
     ("recon-checkpoint-missing", ["nope.pt"], lambda t, w: ["recon", t / "nope.pt", w / "data", t / "out"]),
-    ("recon-checkpoint-garbage", ["garbage.pt"], lambda t, w: ["recon", w / "garbage.pt", w / "data", t / "out"]),
+    ("recon-checkpoint-garbage", ["garbage.pt", "not a torch checkpoint"],
+     lambda t, w: ["recon", w / "garbage.pt", w / "data", t / "out"]),
+    ("recon-checkpoint-empty", ["empty.pt", "not a torch checkpoint"],
+     lambda t, w: ["recon", _file(t / "in" / "empty.pt", b""), w / "data", t / "out"]),
+    ("recon-checkpoint-truncated", ["half.pt", "truncated"],
+     lambda t, w: ["recon", _file(t / "in" / "half.pt", (w / "noweights.pt").read_bytes()[:300]), w / "data",
+                   t / "out"]),
+    ("recon-good-then-nan", ["b_nan.h5", "non-finite"],  # nothing written, not even the good volume
+     lambda t, w: ["recon", "-", _two_files(t / "in"), t / "out", *ZF]),
     ("recon-checkpoint-no-weights", ["noweights.pt", "no weights"],
      lambda t, w: ["recon", w / "noweights.pt", w / "data", t / "out"]),
     ("recon-checkpoint-unknown-key", ["unknownkey.pt", "no_such_key"],
@@ -199,6 +209,10 @@ CASES = [
     ("train-config-missing", ["--config"], lambda t, w: _train(t, w, "--config", t / "none.json")),
     ("train-preset-unknown", ["preset"], lambda t, w: _train(t, w, "--preset", "huge")),
     ("train-out-is-file", ["afile", "--out"], lambda t, w: _train(t, w, out=w / "afile")),
+    ("train-state-of-other-config", ["--out", "different config"],
+     lambda t, w: _train(t, w, out=_file(t / "run" / "last.pt", (w / "otherstate.pt").read_bytes()).parent)),
+    ("train-corrupt-state", ["last.pt", "not a torch checkpoint"],
+     lambda t, w: _train(t, w, out=_file(t / "run" / "last.pt", b"garbage").parent)),
     ("train-out-under-file", ["afile", "--out"], lambda t, w: _train(t, w, out=w / "afile" / "run")),
     # ---- flat data demo
     ("data-demo-matrix-0", ["--matrix", ">= 1"], lambda t, w: ["data", "demo", t / "demo", "--matrix", "0"]),
@@ -209,6 +223,21 @@ CASES = [
     ("no-command", ["COMMAND"], lambda t, w: []),
     ("unknown-command", ["invalid choice"], lambda t, w: ["reconstruct"]),
 ]
+
+
+def _file(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _two_files(d):
+    make_fastmri_file(d / "a_good.h5", S=2)
+    p = make_fastmri_file(d / "b_nan.h5", S=2)
+    k = _kspace(p)
+    k[0, 0, 0, 0] = np.nan
+    _edit(p, kspace=k)
+    return d
 
 
 def _prediction(d, recon):
