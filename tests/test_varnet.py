@@ -118,6 +118,10 @@ def test_sizes_read_from_the_state_dict(tmp_path):
     k, mask = _batch(B=1, H=16, W=16, seed=3)
     with torch.no_grad():
         assert _rel(ours(k, mask), ref(k, mask)) <= 1e-5
+    # a Lightning checkpoint of fastMRI's VarNetModule: keys under state_dict, prefixed "varnet."
+    torch.save({"epoch": 3, "state_dict": {f"varnet.{k}": v for k, v in ref.state_dict().items()}}, path)
+    again = load_fastmri_varnet(path)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ours.state_dict().values()))
 
 
 def test_load_errors_name_the_problem(tmp_path):
