@@ -120,6 +120,7 @@ def test_train_kill_at_epoch_end_checkpoint(tmp_path, monkeypatch):
     assert _temps(run) == [".last.pt.tmp"]
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 8]  # the record the state in last.pt (step 4) does not know of
+    (run / ".model.pt.x81kq2ab.tmp").write_bytes(b"partial")  # as an earlier version named its temps
     assert run_cli([str(a) for a in argv], monkeypatch) == 0
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     ref_recs = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from flat.config import load_config
+    from flat.checkpoint import MODEL_FILE, STATE_FILE
     from flat.checks import check_train_inputs
     from flat.io import remove_stale_temps
     from flat.train import train  # the library, on use: keeps the parser light
@@ -36,7 +37,8 @@ def run(args) -> int:
     # every input checked before OUT is created or a step is trained (flat/checks.py)
     check_train_inputs(cfg, args.train, args.val, args.out, device=args.device)
     if os.environ.get("RANK", "0") == "0":
-        remove_stale_temps(args.out)  # what a killed run left (the writes reuse the same names anyway)
+        # what a killed run left (the writes reuse the same names anyway)
+        remove_stale_temps(args.out, [STATE_FILE, MODEL_FILE, "metrics.jsonl"])
     train(cfg, args.train, args.val, args.out, device=args.device, backend=args.backend,
           progress=not args.no_progress, init_from=args.init_from)
     return 0
