@@ -8,7 +8,7 @@ RSS exceeds ``threshold`` times its maximum (zero elsewhere).
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -138,3 +138,30 @@ def read_sens_maps(path, shape=None) -> torch.Tensor:
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise ValueError(f"--maps {path}: 'sens_maps' has shape {arr.shape}, the k-space {tuple(shape)}")
     return torch.from_numpy(arr.astype(np.complex64))
+
+
+class MapCache:
+    """Coil maps computed once per slice and kept per file, for data pipelines (``model.sens=espirit``).
+
+    The maps depend only on the fully sampled centre, which every mask of a given centre width
+    samples, so a slice's maps serve every epoch and every random mask; a flip of the image
+    (augmentation) flips its maps, so they are cached unflipped and flipped on use.
+    ``get(fname, slice_num, kspace, num_low)`` takes the slice's k-space ``(C, H, W)`` (fully
+    sampled or masked: only the centre block is read) and returns ``(C, H, W)`` complex64 on the
+    CPU. Memory: one complex64 ``(C, H, W)`` array per cached slice (8 MB for 15 x 320 x 200)."""
+
+    def __init__(self, maps: str = "espirit"):
+        if maps not in MAP_METHODS:
+            raise ValueError(f"maps: expected one of {MAP_METHODS}, got {maps!r}")
+        self.maps = maps
+        self.files: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
+
+    def get(self, fname: str, slice_num: int, kspace: torch.Tensor, num_low: int,
+            flip_dims: Sequence[int] = ()) -> torch.Tensor:
+        per_file = self.files.setdefault(str(fname), {})
+        key = (int(slice_num), int(num_low))
+        if key not in per_file:
+            k = kspace.detach().to("cpu", torch.complex64)[None]
+            per_file[key] = estimate_maps(k, int(num_low), self.maps)[0].contiguous()
+        s = per_file[key]
+        return torch.flip(s, tuple(flip_dims)) if flip_dims else s

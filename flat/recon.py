@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 import flat.ops as fo
-from flat.coils import estimate_sens_acs
+from flat.coils import MAP_METHODS, estimate_maps, read_sens_maps
 from flat.checks import check_device, check_mask_feasible, check_output_not_input
 from flat.data.fastmri import DataError, list_h5_files, nonfinite_slices, read_volume, read_volume_info
 from flat.data.masks import apply_mask, create_mask_for_mask_type, num_low_frequencies_from_mask, volume_seed
@@ -45,6 +45,13 @@ def zero_filled(masked_kspace, crop_size=None, *, backend: Optional[str] = None)
         img = center_crop(img, crop_size)
     return img.to(torch.float32)
 
+
+# flat recon's CG-SENSE defaults, chosen on the demo's validation volumes (docs/classical.md)
+CG_ITERS = 50
+CG_LAM = 1e-3
+CG_TOL = 1e-6
+
+
 def cg_sense(
     masked_kspace,
     mask,
@@ -53,7 +60,8 @@ def cg_sense(
     iters: int = 20,
     lam: float = 0.0,
     *,
-    tol: float = 1e-6,
+    tol: float = CG_TOL,
+    maps: str = "espirit",
     backend: Optional[str] = None,
 ):
     """CG-SENSE: conjugate gradients on ``(AᴴA + lam·I) x = Aᴴy``, ``A = M·F·S`` (flat.ops).
@@ -61,32 +69,39 @@ def cg_sense(
     Args:
         masked_kspace: ``(B, C, H, W)`` complex k-space (zeros where not sampled).
         mask: column mask ``(W,)``/``(B, W)`` or any mask shape :mod:`flat.ops` accepts.
-        sens: ``(B, C, H, W)`` maps normalised to ``Σ|S|² = 1``; estimated from the ACS lines
-            (:func:`flat.coils.estimate_sens_acs` with a Tukey taper) when ``None`` (then
+        sens: ``(B, C, H, W)`` maps normalised to ``Σ|S|² = 1`` (zero outside the support); when
+            ``None`` they are estimated from the fully sampled centre as ``maps`` says (then
             ``num_low_frequencies`` is required).
-        num_low_frequencies: centre width (int or ``(B,)``) for the ACS estimate.
-        iters: CG iterations; stopping early is the regulariser (default 20; on the demo test
-            volumes at 4x equispaced_fraction: 24.3 / 25.5 dB vs 20.7 / 22.3 dB zero-filled).
-        lam: Tikhonov weight relative to AᴴA, whose eigenvalues lie in [0, 1] with normalised
-            maps, so it is scale-free (default 0).
-        tol: stop when the residual norm falls below ``tol`` times the initial one.
+        num_low_frequencies: centre width (int or ``(B,)``) for the map estimate.
+        iters: the most CG iterations (``flat recon`` uses :data:`CG_ITERS`).
+        lam: Tikhonov weight, relative to AᴴA, whose eigenvalues lie in [0, 1] with normalised
+            maps, so it is scale-free (``flat recon`` uses :data:`CG_LAM`; the function's own
+            defaults, 20 and 0, are plain CG on the normal equations).
+        tol: stop early when every slice's residual norm is below ``tol`` times its initial one.
+        maps: ``"espirit"`` (:func:`flat.espirit.espirit_maps`) or ``"acs"`` (low-resolution
+            ACS estimate, :func:`flat.coils.estimate_sens_acs` with a Tukey taper).
 
     Returns the complex image ``(B, H, W)`` (magnitude comparable to RSS since ``Σ|S|² = 1``).
+    How flat recon's defaults were chosen: docs/classical.md.
     """
     y = torch.as_tensor(masked_kspace)
     if not torch.is_complex(y) or y.ndim != 4:
         raise ValueError(f"masked_kspace: expected complex (B, C, H, W), got {tuple(y.shape)} {y.dtype}")
-    if iters < 0:
-        raise ValueError(f"iters: must be >= 0, got {iters}")
-    if lam < 0:
+    if isinstance(iters, bool) or int(iters) != iters or iters < 0:
+        raise ValueError(f"iters: must be an integer >= 0, got {iters!r}")
+    iters = int(iters)
+    if not lam >= 0:
         raise ValueError(f"lam: must be >= 0, got {lam}")
+    if not tol >= 0:
+        raise ValueError(f"tol: must be >= 0, got {tol}")
     if sens is None:
         if num_low_frequencies is None:
-            raise ValueError("cg_sense: pass sens or num_low_frequencies (to estimate maps from ACS lines)")
-        # A Tukey taper over the ACS block: less ringing in the maps; on the demo data it was the
-        # robust choice (rectangular or Hann lost up to 1 / 5 dB at 64 or 128 columns).
-        sens = estimate_sens_acs(y, num_low_frequencies, window="tukey", backend=backend)
-    sens = sens.to(y.dtype)
+            raise ValueError("cg_sense: pass sens or num_low_frequencies (to estimate maps from the ACS lines)")
+        sens = estimate_maps(y, num_low_frequencies, maps, backend=backend)
+    elif not isinstance(sens, torch.Tensor) or tuple(sens.shape) != tuple(y.shape):
+        raise ValueError(f"sens: expected a tensor of the k-space shape {tuple(y.shape)}, got "
+                         f"{tuple(getattr(sens, 'shape', ())) or type(sens).__name__}")
+    sens = sens.to(device=y.device, dtype=y.dtype)
     dims = (-2, -1)
 
     def op(x):
@@ -145,9 +160,12 @@ def volume_crop(info, image_shape):
 
 
 def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backend=None,
-                       batch_size=8, cg_iters=20, cg_lam=0.0, progress=None, device="cpu"):
+                       batch_size=8, cg_iters=CG_ITERS, cg_lam=CG_LAM, progress=None, device="cpu",
+                       cg_maps="espirit", cg_tol=CG_TOL, sens=None):
     """``(S, h, w)`` float32 numpy reconstruction of one volume in slice batches (zero-filled and
-    CG-SENSE run on ``device``; the FLAT model on whatever device :mod:`flat.inference` chooses)."""
+    CG-SENSE run on ``device``; the FLAT model on whatever device :mod:`flat.inference` chooses).
+    ``sens``: the volume's maps ``(S, C, H, W)`` (``--maps FILE``), used by CG-SENSE and FLAT;
+    else CG-SENSE estimates them as ``cg_maps`` says (``espirit`` or ``acs``)."""
     outs = []
     S = masked.shape[0]
     with torch.no_grad():
@@ -156,8 +174,9 @@ def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backe
             if method == "zero-filled":
                 img = zero_filled(k.to(device), backend=backend)
             elif method == "cg-sense":
-                img = cg_sense(k.to(device), mask.to(device), num_low_frequencies=num_low, iters=cg_iters,
-                               lam=cg_lam, backend=backend).abs()
+                maps = None if sens is None else sens[s : s + batch_size].to(device)
+                img = cg_sense(k.to(device), mask.to(device), maps, num_low_frequencies=num_low, iters=cg_iters,
+                               lam=cg_lam, tol=cg_tol, maps=cg_maps, backend=backend).abs()
             elif method == "varnet":  # fastMRI's E2E-VarNet weights (flat/model/varnet.py, docs/varnet.md)
                 from flat.model.varnet import reconstruct_varnet
 
@@ -165,7 +184,8 @@ def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backe
             else:
                 from flat.inference import reconstruct  # see recon_files: the model stack on use
 
-                img = reconstruct(model, k, mask, num_low, backend=backend)
+                extra = {} if sens is None else {"sens": sens[s : s + batch_size]}
+                img = reconstruct(model, k, mask, num_low, backend=backend, **extra)
             img = torch.as_tensor(img)
             if img.shape != k.shape[:1] + k.shape[2:]:
                 raise RuntimeError(f"{method}: output shape {tuple(img.shape)}, expected {tuple(k.shape[:1] + k.shape[2:])}")
@@ -190,8 +210,9 @@ def write_submission(path, recon, attrs=None) -> Path:
 def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
                 mask_type: str = "equispaced_fraction", accelerations: Sequence[int] = (4,),
                 center_fractions: Sequence[float] = (0.08,), backend: Optional[str] = None,
-                batch_size: int = 8, cg_iters: int = 20, cg_lam: float = 0.0, device: str = "cpu",
-                progress: bool = True, overwrite: bool = False, zero_nonfinite: bool = False) -> list[Path]:
+                batch_size: int = 8, cg_iters: int = CG_ITERS, cg_lam: float = CG_LAM, device: str = "cpu",
+                progress: bool = True, overwrite: bool = False, zero_nonfinite: bool = False,
+                maps: str = "espirit", cg_tol: float = CG_TOL) -> list[Path]:
     """``flat recon``: reconstruct every volume of ``data`` (a file or folder) with ``method`` into
     one submission file per volume in ``out``; returns the paths written. Every input is checked
     before anything is written (layout, header, mask, finite k-space, mask feasibility, OUT
@@ -200,13 +221,17 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
 
     A volume whose output already exists whole, from the same settings, is skipped (a rerun after
     a kill finishes the rest); ``overwrite`` redoes it. Non-finite k-space is refused unless
-    ``zero_nonfinite``, which zeroes those samples and says how many."""
+    ``zero_nonfinite``, which zeroes those samples and says how many.
+
+    ``maps``: CG-SENSE's coil maps, ``espirit`` (default) or ``acs``, or an HDF5 file with dataset
+    ``sens_maps`` ``(S, C, H, W)`` (for one volume), or a folder of such files named like the
+    inputs; file maps are used by ``cg-sense`` and ``flat``."""
     data, out = Path(data), Path(out)
     accelerations, center_fractions = list(accelerations), list(center_fractions)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    if cg_iters < 0 or cg_lam < 0:
-        raise ValueError("--cg-iters and --cg-lam must be >= 0")
+    if cg_iters < 0 or cg_lam < 0 or cg_tol < 0:
+        raise ValueError("--cg-iters, --tikhonov and --cg-tol must be >= 0")
     if len(accelerations) != len(center_fractions):
         raise ValueError(
             f"--accelerations ({len(accelerations)} values) and --center-fractions "
@@ -229,7 +254,12 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
     infos = [read_volume_info(f) for f in files]  # layout, header against kspace, mask
     check_writable_dir(out, "OUT")
     check_output_not_input(out, infos)
+    map_files = _map_files(maps, infos)  # None for espirit / acs
     settings = _settings(method, checkpoint, mask_type, accelerations, center_fractions, cg_iters, cg_lam)
+    if method == "cg-sense" or map_files is not None:
+        d = json.loads(settings)
+        d.update(maps=str(maps), **({"cg_tol": float(cg_tol)} if method == "cg-sense" else {}))
+        settings = json.dumps(d, sort_keys=True)
     todo = infos if overwrite else [i for i in infos if not _already_done(out / i.fname, i, settings)]
     for info in todo:
         if not info.has_mask:
@@ -280,15 +310,41 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
             if method == "varnet" and file_mask is not None:
                 num_low = None  # fastMRI's pretrained-VarNet inference infers it from the mask
             crop = volume_crop(info, masked.shape)
+            sens = None
+            if map_files is not None and method in ("cg-sense", "flat"):
+                sens = read_sens_maps(map_files[info.path], tuple(masked.shape))
             recon = reconstruct_volume(
                 method, masked, mask, num_low, crop, model=model, backend=backend,
                 batch_size=batch_size, cg_iters=cg_iters, cg_lam=cg_lam, progress=bar, device=device,
+                cg_maps=maps if map_files is None else "espirit", cg_tol=cg_tol, sens=sens,
             )
             written.append(write_submission(out / info.fname, recon, {"method": method, SETTINGS_ATTR: settings}))
             kill_point("recon:volume")
     finally:
         bar.close()
     return written
+
+
+def _map_files(maps: str, infos) -> Optional[dict]:
+    """``--maps``: None for ``espirit`` / ``acs``; else {input path: maps file}, every file checked
+    to exist before anything is written (a file for a single volume, or a folder of files named
+    like the inputs)."""
+    if maps in MAP_METHODS:
+        return None
+    p = Path(maps)
+    if p.is_dir():
+        found = {i.path: p / i.fname for i in infos}
+        missing = [str(f) for f in found.values() if not f.is_file()]
+        if missing:
+            raise ValueError(f"--maps {maps}: no maps file for {len(missing)} volume(s), e.g. {missing[0]}")
+        return found
+    if p.is_file():
+        if len(infos) != 1:
+            raise ValueError(f"--maps {maps}: one maps file for {len(infos)} volumes; give a folder of "
+                             f"files named like the inputs")
+        return {infos[0].path: p}
+    raise ValueError(f"--maps {maps!r}: expected {' or '.join(MAP_METHODS)}, an HDF5 file with 'sens_maps' "
+                     f"or a folder of them")
 
 
 # the submission-file attr that records what made it: a rerun skips it only when it matches

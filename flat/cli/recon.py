@@ -28,8 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None,
                         help="flat.ops backend: reference, triton, cupy or auto (default: FLAT_BACKEND or auto)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per batch (default: 8)")
-    parser.add_argument("--cg-iters", type=int, default=20, help="CG-SENSE iterations (default: 20)")
-    parser.add_argument("--cg-lam", type=float, default=0.0, help="CG-SENSE Tikhonov weight (default: 0)")
+    # CG-SENSE defaults = flat.recon.CG_ITERS / CG_LAM / CG_TOL (chosen on the demo's validation
+    # volumes, docs/classical.md), repeated so that building the parser imports no torch
+    parser.add_argument("--maps", default="espirit", metavar="espirit|acs|FILE",
+                        help="coil maps: espirit (default), acs, or an HDF5 file with dataset sens_maps "
+                        "(S, C, H, W) complex64 (a folder of them, named like the inputs, for several "
+                        "volumes); files are used by cg-sense and flat")
+    parser.add_argument("--cg-iters", type=int, default=50, help="CG-SENSE iterations, at most (default: 50)")
+    parser.add_argument("--tikhonov", "--cg-lam", dest="cg_lam", type=float, default=1e-3,
+                        help="CG-SENSE Tikhonov weight, relative to A^H A (default: 0.001)")
+    parser.add_argument("--cg-tol", type=float, default=1e-6,
+                        help="CG-SENSE stops early when the residual falls below this fraction of the "
+                        "initial one (default: 1e-6)")
     parser.add_argument("--device", default="cpu",
                         help="device for zero-filled / cg-sense / varnet, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--overwrite", action="store_true",
@@ -47,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, method=args.method, mask_type=args.mask_type,
         accelerations=args.accelerations, center_fractions=args.center_fractions, backend=args.backend,
         batch_size=args.batch_size, cg_iters=args.cg_iters, cg_lam=args.cg_lam, device=args.device,
+        maps=args.maps, cg_tol=args.cg_tol,
         progress=not args.no_progress, overwrite=args.overwrite, zero_nonfinite=args.zero_nonfinite,
     )
     print(f"flat recon: wrote {len(written)} file(s) to {args.out}", file=sys.stderr)
