@@ -38,6 +38,9 @@ setup(
             # tests; fastmri itself goes in with --no-deps (README's test command): its metadata
             # pulls torchvision and Lightning, which break beside the pinned torch
             "pandas", "pyyaml", "requests", "runstats",
+            # tests/test_espirit.py checks FLAT's ESPIRiT maps against sigpy's EspiritCalib
+            # (sigpy 0.1.27 pulls numba, llvmlite and PyWavelets; installs from PyPI with numpy 2.4)
+            "sigpy>=0.1.26",
         ],
     },
     entry_points={"console_scripts": ["flat=flat.cli:main"]},
