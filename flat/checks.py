@@ -60,7 +60,19 @@ def volumes(root, flag: str, *, require_target: bool = False):
         raise DataError(f"{flag}: {exc}") from None
 
 
-def check_train_inputs(cfg, train_root, val_root, out, device=None, world: int | None = None) -> None:
+def check_backend(backend, flag: str = "--backend") -> None:
+    """A flat.ops backend name that is available here (``None``/``auto``: the library chooses)."""
+    if backend is None or backend == "auto":
+        return
+    import flat.ops as fo
+
+    if backend not in fo.available_backends():
+        raise ValueError(f"{flag} {backend!r} is not available here (available: "
+                         f"{', '.join(fo.available_backends())}, auto)")
+
+
+def check_train_inputs(cfg, train_root, val_root, out, device=None, world: int | None = None,
+                       backend=None) -> None:
     """What ``flat train`` needs before it creates ``out`` or trains a step: readable training and
     validation data with targets, enough slices for one step, slices that batch, masks feasible
     for every width, an existing device, a writable ``out`` and, in it, a training state that this
@@ -68,6 +80,7 @@ def check_train_inputs(cfg, train_root, val_root, out, device=None, world: int |
     cfg.validate()
     world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     check_device(device)
+    check_backend(backend)
     check_writable_dir(out, "--out")
     train = volumes(train_root, "--train", require_target=True)
     val = volumes(val_root, "--val", require_target=True)

@@ -230,7 +230,7 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
     accelerations, center_fractions = list(accelerations), list(center_fractions)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    if cg_iters < 0 or cg_lam < 0 or cg_tol < 0:
+    if not (cg_iters >= 0 and cg_lam >= 0 and cg_tol >= 0):  # NaN is refused too
         raise ValueError("--cg-iters, --tikhonov and --cg-tol must be >= 0")
     if len(accelerations) != len(center_fractions):
         raise ValueError(

@@ -35,7 +35,7 @@ def run(args) -> int:
 
         cfg = cfg.replace(model=varnet_model_config(args.init_from, base=cfg.model))
     # every input checked before OUT is created or a step is trained (flat/checks.py)
-    check_train_inputs(cfg, args.train, args.val, args.out, device=args.device)
+    check_train_inputs(cfg, args.train, args.val, args.out, device=args.device, backend=args.backend)
     if os.environ.get("RANK", "0") == "0":
         # what a killed run left (the writes reuse the same names anyway)
         remove_stale_temps(args.out, [STATE_FILE, MODEL_FILE, "metrics.jsonl"])
