@@ -222,6 +222,12 @@ CASES = [
     ("data-demo-coils-0", ["--coils", ">= 1"], lambda t, w: ["data", "demo", t / "demo", "--coils", "0"]),
     ("data-demo-matrix-too-big", ["matrix", "160"], lambda t, w: ["data", "demo", t / "demo", "--matrix", "500"]),
     ("data-demo-out-is-file", ["afile", "not a folder"], lambda t, w: ["data", "demo", w / "afile"]),
+    # ---- flat demo
+    ("demo-data-missing", ["--data", "no train/"], lambda t, w: ["demo", "--out", t / "d", "--data", t / "nowhere"]),
+    ("demo-data-no-splits", ["--data", "no train/"], lambda t, w: ["demo", "--out", t / "d", "--data", w / "empty"]),
+    ("demo-out-is-file", ["afile", "--out"], lambda t, w: ["demo", "--out", w / "afile"]),
+    ("demo-unknown-key", ["model.nope"], lambda t, w: ["demo", "--out", t / "d", "--set", "model.nope=1"]),
+    ("demo-steps-0", ["--steps"], lambda t, w: ["demo", "--out", t / "d", "--steps", "0"]),
     # ---- the command itself
     ("no-command", ["COMMAND"], lambda t, w: []),
     ("unknown-command", ["invalid choice"], lambda t, w: ["reconstruct"]),

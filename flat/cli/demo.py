@@ -31,8 +31,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from flat.demo import format_table, run_demo  # the library, on use: keeps the parser light
+    from flat.config import apply_overrides, get_preset
+    from flat.demo import _split_files, format_table, run_demo  # the library, on use: keeps the parser light
+    from flat.io import check_writable_dir
 
+    # refused before --out is created (docs/robustness.md): where it goes, the data, the config
+    check_writable_dir(args.out, "--out")
+    if args.data is not None:
+        _split_files(args.data)
+    apply_overrides(get_preset(args.preset), args.overrides).validate()
     res = run_demo(args.out, data=args.data, steps=args.steps, time_limit_s=args.time_limit, preset=args.preset,
                    overrides=args.overrides, seed=args.seed, progress=not args.no_progress,
                    device=args.device, backend=args.backend)
