@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from flat.data.fastmri import DataError, list_h5_files, nonfinite_slices
+from flat.data.fastmri import DataError, _open, list_h5_files, nonfinite_slices
 from flat.io import atomic_path, check_writable_file
 from flat.metrics import evaluate_folders
 
@@ -37,6 +37,10 @@ def evaluate(predictions: str | os.PathLike, targets: str | os.PathLike, *,
     if json_file is not None:
         check_writable_file(json_file, "--json")
     for path, name in _files(Path(predictions), Path(targets)):
+        with _open(path) as hf:
+            shape = hf[name].shape if name in hf else None
+        if shape is not None and (len(shape) != 3 or min(shape) < 1):
+            raise DataError(f"{path}: '{name}' has shape {shape}; expected (S, H, W), all >= 1")
         bad = nonfinite_slices(path, name)
         if bad:
             s, n = next(iter(bad.items()))

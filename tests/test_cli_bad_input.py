@@ -190,6 +190,10 @@ CASES = [
      lambda t, w: ["eval", w / "pred", w / "data", "--json", w / "afile" / "m.json"]),
     ("eval-nan-prediction", ["a.h5", "slice 1", "'reconstruction'", "non-finite"],
      lambda t, w: ["eval", _nan_prediction(t / "in"), w / "data" / "a.h5"]),
+    ("eval-prediction-empty", ["a.h5", "'reconstruction'", "(0, 16, 16)"],
+     lambda t, w: ["eval", _prediction(t / "in", np.ones((0, 16, 16), np.float32)), w / "data" / "a.h5"]),
+    ("eval-prediction-2d", ["a.h5", "'reconstruction'", "(S, H, W)"],
+     lambda t, w: ["eval", _prediction(t / "in", np.ones((16, 16), np.float32)), w / "data" / "a.h5"]),
     ("eval-prediction-wrong-shape", ["a.h5", "shape"],
      lambda t, w: ["eval", _prediction(t / "in", np.ones((3, 16, 16), np.float32)), w / "data" / "a.h5"]),
     # ---- flat train
