@@ -260,6 +260,9 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
         d = json.loads(settings)
         d.update(maps=str(maps), **({"cg_tol": float(cg_tol)} if method == "cg-sense" else {}))
         settings = json.dumps(d, sort_keys=True)
+    for info in infos:
+        if (out / info.fname).is_dir():
+            raise DataError(f"{out / info.fname}: is a folder, where OUT needs to write this volume's file")
     todo = infos if overwrite else [i for i in infos if not _already_done(out / i.fname, i, settings)]
     for info in todo:
         if not info.has_mask:

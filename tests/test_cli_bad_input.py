@@ -165,6 +165,8 @@ CASES = [
     ("recon-out-under-file", ["afile", "is a file", "OUT"],
      lambda t, w: ["recon", "-", w / "data", w / "afile" / "sub", *ZF]),
     ("recon-out-is-data", ["overwrite the input"], lambda t, w: ["recon", "-", w / "data", w / "data", *ZF]),
+    ("recon-output-name-is-folder", ["a.h5", "is a folder"],
+     lambda t, w: ["recon", "-", w / "data", _folder(t / "in" / "out" / "a.h5").parent, *ZF, "--overwrite"]),
     # ---- flat recon: CHECKPOINT
     ("recon-flat-without-checkpoint", ["CHECKPOINT"], lambda t, w: ["recon", "-", w / "data", t / "out"]),
     ("recon-checkpoint-missing", ["nope.pt"], lambda t, w: ["recon", t / "nope.pt", w / "data", t / "out"]),
@@ -241,6 +243,11 @@ CASES = [
 def _file(path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    return path
+
+
+def _folder(path):
+    path.mkdir(parents=True)
     return path
 
 
