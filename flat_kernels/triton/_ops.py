@@ -3,11 +3,12 @@
 Every function here named like an op of flat/ops/table.py (or ``<op>_backward``) is registered as
 the Triton implementation of that op; the others are helpers.
 
-Routing: a column mask (Hm == 1, the fastMRI case) takes the fused row kernel of flow_step.py; a
-2-D mask takes the cuFFT + Triton prologue/epilogue path of fft_epilogue.py. Aᴴy, when not given,
-enters the row kernel as the per-coil q_c = ifft2c(M y_c) (one masked ifft2 pass, fft_epilogue).
+Routing: a column mask (Hm == 1, the fastMRI case) of width W = 16·N2 takes the fused row kernel
+of monarch.py (factored DFT along W); other widths and 2-D masks take the cuFFT + Triton
+prologue/epilogue path of fft_epilogue.py. Aᴴy, when not given, enters the row kernel as the
+per-coil q_c = ifft2c(M y_c) (one masked ifft2 pass, fft_epilogue).
 
-The image-form ops are instances of one generic step (flow_step.py docstring):
+The image-form ops are instances of one generic step (monarch.py, flow_step.py docstrings):
 
     out = [a]·x + d·v − e·(AᴴA x − b),   b = ahy, or Aᴴy from y, or 0
     flow_step: a=1, d=dt, e=dt·lam        normal: e=−1, b=0        dc_gradient: e=−1, b=Aᴴy
@@ -21,24 +22,36 @@ import torch
 
 from . import _common as cm
 from . import fft_epilogue as fe
-from . import flow_step as fs
 from . import monarch as mn
 
 
 def row_module(W: int):
-    """The row-kernel family for width W: the factored DFT (monarch.py) when W = 16·N2, else the
-    sampled DFT (flow_step.py). Same signatures; see flat_kernels/NOTES.md for the choice."""
-    return mn if mn.supported(W) else fs
+    """The row-kernel family the launchers use for a column mask of width W: the factored DFT
+    (monarch.py) when W = 16·N2, else None — those widths take the 2-D path (fft_epilogue.py),
+    whose kernels do not spill. The sampled-DFT row kernel (flow_step.py) spilled registers in every
+    tiling tried on sm_90 and is no longer launched (flat_kernels/NOTES.md, "Row kernels")."""
+    return mn if mn.supported(W) else None
 
 
 def _is_column(mask: torch.Tensor) -> bool:
     return mask.shape[1] == 1
 
 
+def _row_path(sens: torch.Tensor, mask: torch.Tensor) -> bool:
+    return _is_column(mask) and row_module(sens.shape[-1]) is not None
+
+
+def _ahy_from_q(q, sens):
+    """Σ_c conj(S_c)·q_c for the per-coil q_c of fft_epilogue.adjoint_coils (stored un-shifted)."""
+    B, rd = sens.shape[0], cm.real_dtype(sens)
+    return fe.reduce_image(q, sens, ce=cm.const(-1.0, B, rd, sens.device))[0]
+
+
 def _generic_forward(x, v, y, ahy, sens, mask, cd, ce, has_x):
-    if _is_column(mask):
-        q = fe.adjoint_coils(y, mask) if y is not None else None
-        return row_module(sens.shape[-1]).row_forward(x, v, ahy, q, sens, mask, cd, ce, has_x)
+    if _row_path(sens, mask):
+        if y is not None:  # Aᴴy from y: Σ_c conj(S_c)·q_c, q_c = ifft2c(M y_c) (monarch.py docstrings)
+            ahy = _ahy_from_q(fe.adjoint_coils(y, mask), sens)
+        return mn.row_forward(x, v, ahy, sens, mask, cd, ce, has_x)
     return fe.image_forward(x, v, y, ahy, sens, mask, cd, ce, has_x)
 
 
@@ -46,12 +59,13 @@ def _generic_backward(g, x, v, y, ahy, sens, mask, ce, has_x, need_x, need_s, ne
     """Returns (grad_x, grad_S, part (B, rows, 2) | None, grad_y); y is given iff b = Aᴴy from y."""
     B = sens.shape[0]
     gx = gs = part = gy = None
-    if _is_column(mask):
+    if _row_path(sens, mask):
         if need_x or need_s or need_r:
             # q_c only where the S- or r-terms need Aᴴy's per-coil pieces (recomputed, never saved)
             q = fe.adjoint_coils(y, mask) if (y is not None and (need_s or need_r)) else None
-            gx, gs, part = row_module(sens.shape[-1]).row_backward(
-                g, x, v, ahy, q, sens, mask, ce, has_x, need_x, need_s, need_r)
+            if q is not None and need_r:
+                ahy = _ahy_from_q(q, sens)
+            gx, gs, part = mn.row_backward(g, x, v, ahy, q, sens, mask, ce, has_x, need_x, need_s, need_r)
         Tg = fe.expand_fft(g.unsqueeze(0), sens)[0] if need_y else None
     else:
         gx, gs, part, Tg = fe.image_backward(g, x, v, y, ahy, sens, mask, ce, has_x, need_x, need_s, need_r, need_y)

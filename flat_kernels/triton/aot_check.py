@@ -28,15 +28,21 @@ def _variants():
     out = []
     for dname, ptr, precs in (("c64", "*fp32", ("tf32x3", "tf32")), ("c128", "*fp64", ("ieee",))):
         for wl, C, H, W in (("knee", 15, 640, 368), ("brain", 20, 640, 320)):
-            BC, BW, BK, BWC, nw = fs._blocks(C, W)
+            # the sampled-DFT family (flow_step.py); the factored family the launchers use at these
+            # widths (monarch.py) is compiled, with spills checked, by flat_kernels/roofline.py
+            real = "fp32" if dname == "c64" else "fp64"
             for prec in precs:
-                base = dict(BLOCK_C=BC, BLOCK_W=BW, BLOCK_K=BK, BLOCK_WC=BWC, PREC=prec)
+                cfg = fs.launch_config("fwd", C, W, real)
+                nw = cfg.pop("num_warps")
+                base = dict(cfg, PREC=prec)
                 out.append((f"row_fwd {dname} {prec} {wl}", fs._row_fwd_kernel, ptr, nw,
                             dict(base, HAS_X=True, HAS_V=True, HAS_AHY=True, HAS_Q=False)))
                 out.append((f"row_fwd+q {dname} {prec} {wl}", fs._row_fwd_kernel, ptr, nw,
                             dict(base, HAS_X=True, HAS_V=True, HAS_AHY=False, HAS_Q=True)))
+                cfg = fs.launch_config("bwd", C, W, real)
+                nw = cfg.pop("num_warps")
                 out.append((f"row_bwd {dname} {prec} {wl}", fs._row_bwd_kernel, ptr, nw,
-                            dict(base, HAS_X=True, HAS_V=True, HAS_AHY=False, HAS_Q=True, NEED_X=True,
+                            dict(cfg, PREC=prec, HAS_X=True, HAS_V=True, HAS_AHY=False, HAS_Q=True, NEED_X=True,
                                  NEED_S=True, NEED_R=True, NEED_PX=True)))
         BR, BW, _ = fe._tiling(640, 368)
         t = dict(BLOCK_R=BR, BLOCK_W=BW)

@@ -1,6 +1,6 @@
-"""Column-mask row kernels (kernels.md §1, design D): one program per image row (b, h).
+"""Column-mask row kernels (docs/operators.md (the column-mask identity), design D): one program per image row (b, h).
 
-For a column mask M(kh, kw) = m[kw] the H transform cancels (kernels.md §1), so per row
+For a column mask M(kh, kw) = m[kw] the H transform cancels (docs/operators.md, the column-mask identity), so per row
 
     P z = Fcᴴ diag(m) Fc z = Fsᴴ diag(m_s) Fs z,
 
@@ -121,48 +121,51 @@ def _row_fwd_kernel(
     fr_ptr, fi_ptr, idx_ptr, val_ptr, cnt_ptr,  # DFT planes (W,W); (Bm,W) (Bm,W) (Bm,)
     cd_ptr, ce_ptr, out_ptr,  # (B,) (B,) (B,H,W,2)
     C, H, W, MB,  # MB = 1 if the mask has a batch dim, else 0
-    BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_WC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_WO: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_WC: tl.constexpr,
     HAS_X: tl.constexpr, HAS_V: tl.constexpr, HAS_AHY: tl.constexpr, HAS_Q: tl.constexpr,
     PREC: tl.constexpr,
 ):
+    # program = (row (b, h), output slice j of BLOCK_WO columns); coils in chunks of BLOCK_C
     pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
+    j = pid % NSPLIT
+    r = pid // NSPLIT
+    b = r // H
+    h = r % H
     b64 = b.to(tl.int64)
-    oc = tl.arange(0, BLOCK_C)
-    cmask = oc < C
-    ow = tl.arange(0, BLOCK_W)
+    ow = j * BLOCK_WO + tl.arange(0, BLOCK_WO)
     wm = ow < W
-    cw = cmask[:, None] & wm[None, :]
     row = (b64 * H + h) * W  # first element of image row (b, h)
-    srow0 = ((b64 * C + oc[:, None]) * H + h) * W  # (BC, 1) start of each coil row
-    srow = srow0 + ow[None, :]  # (BC, BW)
-
-    pr = tl.zeros((BLOCK_C, BLOCK_W), dtype=fr_ptr.dtype.element_ty)
-    pi = tl.zeros((BLOCK_C, BLOCK_W), dtype=fr_ptr.dtype.element_ty)
     mrow = b * MB
     n = tl.load(cnt_ptr + mrow)
-    for k0 in range(0, n, BLOCK_K):
-        col, mv, km = _sampled_block(idx_ptr, val_ptr, mrow, k0, n, W, BLOCK_K)
-        hr, hi, _, _ = _forward_dft(x_ptr, x_ptr, s_ptr, row, srow0, oc, cmask, fr_ptr, fi_ptr, col, km, W,
-                                    False, BLOCK_C, BLOCK_K, BLOCK_WC, PREC)
-        fbr, fbi = _load_dft_rows(fr_ptr, fi_ptr, col, km, W, ow, wm)
-        dr, di = _inverse_dft(hr, hi, mv, fbr, fbi, PREC)
-        pr += dr
-        pi += di
-
-    if HAS_Q:  # q_c = ifft2c(M y_c), stored un-shifted: centered (h, w) lives at ((h - H//2) % H, (w - W//2) % W)
-        hq = (h + H - H // 2) % H
-        wq = (ow + W - W // 2) % W
-        qoff = ((b64 * C + oc[:, None]) * H + hq) * W + wq[None, :]
-        qr, qi = _cload(q_ptr, qoff, cw)
-        pr -= qr
-        pi -= qi
-
-    # Σ_c conj(S_c)·(P(S_c x) − q_c): coil reduction in registers, (BW,)
-    sr, si = _cload(s_ptr, srow, cw)
-    nr = tl.sum(sr * pr + si * pi, axis=0)
-    ni = tl.sum(sr * pi - si * pr, axis=0)
+    nr = tl.zeros((BLOCK_WO,), dtype=fr_ptr.dtype.element_ty)
+    ni = tl.zeros((BLOCK_WO,), dtype=fr_ptr.dtype.element_ty)
+    for c0 in range(0, C, BLOCK_C):
+        oc = c0 + tl.arange(0, BLOCK_C)
+        cmask = oc < C
+        cw = cmask[:, None] & wm[None, :]
+        srow0 = ((b64 * C + oc[:, None]) * H + h) * W  # (BC, 1) start of each coil row
+        pr = tl.zeros((BLOCK_C, BLOCK_WO), dtype=fr_ptr.dtype.element_ty)
+        pi = tl.zeros((BLOCK_C, BLOCK_WO), dtype=fr_ptr.dtype.element_ty)
+        for k0 in range(0, n, BLOCK_K):
+            col, mv, km = _sampled_block(idx_ptr, val_ptr, mrow, k0, n, W, BLOCK_K)
+            hr, hi, _, _ = _forward_dft(x_ptr, x_ptr, s_ptr, row, srow0, oc, cmask, fr_ptr, fi_ptr, col, km, W,
+                                        False, BLOCK_C, BLOCK_K, BLOCK_WC, PREC)
+            fbr, fbi = _load_dft_rows(fr_ptr, fi_ptr, col, km, W, ow, wm)
+            dr, di = _inverse_dft(hr, hi, mv, fbr, fbi, PREC)
+            pr += dr
+            pi += di
+        if HAS_Q:  # q_c = ifft2c(M y_c), stored un-shifted: centered (h, w) lives at ((h - H//2) % H, (w - W//2) % W)
+            hq = (h + H - H // 2) % H
+            wq = (ow + W - W // 2) % W
+            qoff = ((b64 * C + oc[:, None]) * H + hq) * W + wq[None, :]
+            qr, qi = _cload(q_ptr, qoff, cw)
+            pr -= qr
+            pi -= qi
+        # Σ_c conj(S_c)·(P(S_c x) − q_c): coil reduction in registers, chunk by chunk (fixed order)
+        sr, si = _cload(s_ptr, srow0 + ow[None, :], cw)
+        nr += tl.sum(sr * pr + si * pi, axis=0)
+        ni += tl.sum(sr * pi - si * pr, axis=0)
     if HAS_AHY:
         ar, ai = _cload(ahy_ptr, row + ow, wm)
         nr -= ar
@@ -186,81 +189,89 @@ def _row_fwd_kernel(
 def _row_bwd_kernel(
     g_ptr, x_ptr, v_ptr, ahy_ptr, q_ptr, s_ptr,
     fr_ptr, fi_ptr, idx_ptr, val_ptr, cnt_ptr,
-    ce_ptr, gx_ptr, gs_ptr, part_ptr,  # (B,) (B,H,W,2) (B,C,H,W,2) (B*H, 2)
+    ce_ptr, gx_ptr, gs_ptr, part_ptr,  # (B,) (B,H,W,2) (B,C,H,W,2) (B*H*NSPLIT, 2)
     C, H, W, MB,
-    BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_WC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_WO: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_WC: tl.constexpr,
     HAS_X: tl.constexpr, HAS_V: tl.constexpr, HAS_AHY: tl.constexpr, HAS_Q: tl.constexpr,
     NEED_X: tl.constexpr, NEED_S: tl.constexpr, NEED_R: tl.constexpr, NEED_PX: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Backward of the generic forward (kernels.md §6), recomputing instead of saving residuals:
+    """Backward of the generic forward (docs/operators.md, backward), recomputing instead of saving residuals:
 
     grad_x = [HAS_X]·g − e·Σ_c conj(S_c) P(S_c g)                       (AᴴA is Hermitian)
     grad_S_c = −e·[(P(S_c x) − q_c)·conj(g) + conj(x)·P(S_c g)]
-    part[row] = (Re Σ_w conj(g)·r, Re Σ_w conj(g)·v),  r = Σ_c conj(S_c)(P(S_c x) − q_c) − ahy
+    part[pid] = (Re Σ_w conj(g)·r, Re Σ_w conj(g)·v) over this program's columns,
+    r = Σ_c conj(S_c)(P(S_c x) − q_c) − ahy
     """
     pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
+    j = pid % NSPLIT
+    r = pid // NSPLIT
+    b = r // H
+    h = r % H
     b64 = b.to(tl.int64)
-    oc = tl.arange(0, BLOCK_C)
-    cmask = oc < C
-    ow = tl.arange(0, BLOCK_W)
+    ow = j * BLOCK_WO + tl.arange(0, BLOCK_WO)
     wm = ow < W
-    cw = cmask[:, None] & wm[None, :]
     row = (b64 * H + h) * W
-    srow0 = ((b64 * C + oc[:, None]) * H + h) * W
-    srow = srow0 + ow[None, :]
-
-    pgr = tl.zeros((BLOCK_C, BLOCK_W), dtype=fr_ptr.dtype.element_ty)
-    pgi = tl.zeros((BLOCK_C, BLOCK_W), dtype=fr_ptr.dtype.element_ty)
-    pxr = tl.zeros((BLOCK_C, BLOCK_W), dtype=fr_ptr.dtype.element_ty)
-    pxi = tl.zeros((BLOCK_C, BLOCK_W), dtype=fr_ptr.dtype.element_ty)
     mrow = b * MB
     n = tl.load(cnt_ptr + mrow)
-    for k0 in range(0, n, BLOCK_K):
-        # one pass over the DFT blocks feeds both chains (g, and x when needed)
-        col, mv, km = _sampled_block(idx_ptr, val_ptr, mrow, k0, n, W, BLOCK_K)
-        hgr, hgi, hxr, hxi = _forward_dft(g_ptr, x_ptr, s_ptr, row, srow0, oc, cmask, fr_ptr, fi_ptr, col, km, W,
-                                          NEED_PX, BLOCK_C, BLOCK_K, BLOCK_WC, PREC)
-        fbr, fbi = _load_dft_rows(fr_ptr, fi_ptr, col, km, W, ow, wm)
-        dr, di = _inverse_dft(hgr, hgi, mv, fbr, fbi, PREC)
-        pgr += dr
-        pgi += di
-        if NEED_PX:
-            dr, di = _inverse_dft(hxr, hxi, mv, fbr, fbi, PREC)
-            pxr += dr
-            pxi += di
-
     e = tl.load(ce_ptr + b)
-    sr, si = _cload(s_ptr, srow, cw)
     gr, gi = _cload(g_ptr, row + ow, wm)
+    xr, xi = _cload(x_ptr, row + ow, wm)
+    ngr = tl.zeros((BLOCK_WO,), dtype=fr_ptr.dtype.element_ty)
+    ngi = tl.zeros((BLOCK_WO,), dtype=fr_ptr.dtype.element_ty)
+    rr = tl.zeros((BLOCK_WO,), dtype=fr_ptr.dtype.element_ty)
+    ri = tl.zeros((BLOCK_WO,), dtype=fr_ptr.dtype.element_ty)
+    for c0 in range(0, C, BLOCK_C):
+        oc = c0 + tl.arange(0, BLOCK_C)
+        cmask = oc < C
+        cw = cmask[:, None] & wm[None, :]
+        srow0 = ((b64 * C + oc[:, None]) * H + h) * W
+        pgr = tl.zeros((BLOCK_C, BLOCK_WO), dtype=fr_ptr.dtype.element_ty)
+        pgi = tl.zeros((BLOCK_C, BLOCK_WO), dtype=fr_ptr.dtype.element_ty)
+        pxr = tl.zeros((BLOCK_C, BLOCK_WO), dtype=fr_ptr.dtype.element_ty)
+        pxi = tl.zeros((BLOCK_C, BLOCK_WO), dtype=fr_ptr.dtype.element_ty)
+        for k0 in range(0, n, BLOCK_K):
+            # one pass over the DFT blocks feeds both chains (g, and x when needed)
+            col, mv, km = _sampled_block(idx_ptr, val_ptr, mrow, k0, n, W, BLOCK_K)
+            hgr, hgi, hxr, hxi = _forward_dft(g_ptr, x_ptr, s_ptr, row, srow0, oc, cmask, fr_ptr, fi_ptr, col, km,
+                                              W, NEED_PX, BLOCK_C, BLOCK_K, BLOCK_WC, PREC)
+            fbr, fbi = _load_dft_rows(fr_ptr, fi_ptr, col, km, W, ow, wm)
+            dr, di = _inverse_dft(hgr, hgi, mv, fbr, fbi, PREC)
+            pgr += dr
+            pgi += di
+            if NEED_PX:
+                dr, di = _inverse_dft(hxr, hxi, mv, fbr, fbi, PREC)
+                pxr += dr
+                pxi += di
+        sr, si = _cload(s_ptr, srow0 + ow[None, :], cw)
+        if NEED_X:
+            ngr += tl.sum(sr * pgr + si * pgi, axis=0)
+            ngi += tl.sum(sr * pgi - si * pgr, axis=0)
+        if NEED_PX:
+            if HAS_Q:
+                hq = (h + H - H // 2) % H
+                wq = (ow + W - W // 2) % W
+                qoff = ((b64 * C + oc[:, None]) * H + hq) * W + wq[None, :]
+                qr, qi = _cload(q_ptr, qoff, cw)
+                pxr -= qr
+                pxi -= qi
+        if NEED_S:
+            # (P(S x) − q)·conj(g) + conj(x)·P(S g), scaled by −e; (BC, BWO)
+            tr = pxr * gr[None, :] + pxi * gi[None, :] + xr[None, :] * pgr + xi[None, :] * pgi
+            ti = pxi * gr[None, :] - pxr * gi[None, :] + xr[None, :] * pgi - xi[None, :] * pgr
+            _cstore(gs_ptr, srow0 + ow[None, :], -e * tr, -e * ti, cw)
+        if NEED_R:
+            rr += tl.sum(sr * pxr + si * pxi, axis=0)
+            ri += tl.sum(sr * pxi - si * pxr, axis=0)
     if NEED_X:
-        ngr = tl.sum(sr * pgr + si * pgi, axis=0)
-        ngi = tl.sum(sr * pgi - si * pgr, axis=0)
         oxr = -e * ngr
         oxi = -e * ngi
         if HAS_X:
             oxr += gr
             oxi += gi
         _cstore(gx_ptr, row + ow, oxr, oxi, wm)
-    if NEED_PX:
-        if HAS_Q:
-            hq = (h + H - H // 2) % H
-            wq = (ow + W - W // 2) % W
-            qoff = ((b64 * C + oc[:, None]) * H + hq) * W + wq[None, :]
-            qr, qi = _cload(q_ptr, qoff, cw)
-            pxr -= qr
-            pxi -= qi
-    if NEED_S:
-        # (P(S x) − q)·conj(g) + conj(x)·P(S g), scaled by −e; (BC, BW)
-        xr, xi = _cload(x_ptr, row + ow, wm)
-        tr = pxr * gr[None, :] + pxi * gi[None, :] + xr[None, :] * pgr + xi[None, :] * pgi
-        ti = pxi * gr[None, :] - pxr * gi[None, :] + xr[None, :] * pgi - xi[None, :] * pgr
-        _cstore(gs_ptr, srow, -e * tr, -e * ti, cw)
     if NEED_R:
-        rr = tl.sum(sr * pxr + si * pxi, axis=0)
-        ri = tl.sum(sr * pxi - si * pxr, axis=0)
         if HAS_AHY:
             ar, ai = _cload(ahy_ptr, row + ow, wm)
             rr -= ar
@@ -273,15 +284,40 @@ def _row_bwd_kernel(
             tl.store(part_ptr + 2 * pid + 1, tl.sum(gr * 0.0, axis=0))
 
 
-def _blocks(C: int, W: int):
-    """Tile sizes. tl.dot needs every dim >= 16. BLOCK_K = 16 sampled columns per step keeps the
-    full-width phase-B operand (BK, BW) at 32 KB per plane for W <= 512 (fp32); BLOCK_WC = 64 keeps
-    the phase-A operands at 4 KB. (Shared memory per program was checked by compiling for sm_90.)"""
-    BLOCK_C, BLOCK_W = cm.pow2(C), cm.pow2(W)
-    BLOCK_K = 16
-    BLOCK_WC = min(64, BLOCK_W)
-    num_warps = 4 if BLOCK_C * BLOCK_W <= 4096 else 8
-    return BLOCK_C, BLOCK_W, BLOCK_K, BLOCK_WC, num_warps
+# Tile configuration per (kernel, real dtype); see flat_kernels/NOTES.md ("Row kernel tiles").
+# Chosen with the compile-time model (python -m flat_kernels.roofline): zero spills on sm_90 and the
+# least issued tensor work at knee and brain sizes.
+TILES = {
+    ("fwd", "fp32"): dict(BLOCK_C=16, SPLIT=1, BLOCK_K=16, BLOCK_WC=64, num_warps=8),
+    ("bwd", "fp32"): dict(BLOCK_C=16, SPLIT=1, BLOCK_K=16, BLOCK_WC=64, num_warps=8),
+    ("fwd", "fp64"): dict(BLOCK_C=16, SPLIT=1, BLOCK_K=16, BLOCK_WC=64, num_warps=8),
+    ("bwd", "fp64"): dict(BLOCK_C=16, SPLIT=1, BLOCK_K=16, BLOCK_WC=64, num_warps=8),
+}
+
+
+KERNELS = {"fwd": "_row_fwd_kernel", "bwd": "_row_bwd_kernel"}
+
+
+def loop_trips(kind: str, C: int, W: int, n_s: int, cfg: dict) -> list[int]:
+    """Trip counts of the kernel's loop nest, outermost first (for flat_kernels/roofline.py):
+    coil chunks, blocks of sampled columns, W chunks of phase A."""
+    return [triton.cdiv(C, cfg["BLOCK_C"]), triton.cdiv(n_s, cfg["BLOCK_K"]), triton.cdiv(W, cfg["BLOCK_WC"])]
+
+
+def launch_config(kind: str, C: int, W: int, real: str, tiles: dict | None = None) -> dict:
+    """Constexprs, grid multiplier and warps of one row-kernel launch (kind "fwd" or "bwd", real
+    "fp32"/"fp64"). tl.dot needs every dim >= 16: coils are padded to BLOCK_C >= 16 and processed
+    in chunks of BLOCK_C (C = 20 runs two chunks instead of one 32-wide tile, which spilled); the
+    output row is split into SPLIT slices of BLOCK_WO columns, one program each (phase A is then
+    recomputed per slice, but the full-width accumulators shrink by SPLIT)."""
+    t = dict(TILES[(kind, real)] if tiles is None else tiles)
+    BW = cm.pow2(W)
+    split = max(1, min(int(t.pop("SPLIT")), BW // 16))
+    cfg = dict(BLOCK_C=min(int(t.pop("BLOCK_C")), cm.pow2(C)), BLOCK_WO=max(16, BW // split), BLOCK_K=int(t.pop("BLOCK_K")),
+               BLOCK_WC=min(int(t.pop("BLOCK_WC")), BW))
+    cfg["NSPLIT"] = triton.cdiv(W, cfg["BLOCK_WO"])
+    cfg["num_warps"] = int(t.pop("num_warps"))
+    return cfg
 
 
 def row_forward(x, v, ahy, q, sens, mask, cd, ce, has_x: bool) -> torch.Tensor:
@@ -292,31 +328,33 @@ def row_forward(x, v, ahy, q, sens, mask, cd, ce, has_x: bool) -> torch.Tensor:
     idx, val, cnt = cm.sampled_columns(mask)
     out = cm.empty_complex((B, H, W), x)
     xr, sr = cm.rv(x), cm.rv(sens)
-    BLOCK_C, BLOCK_W, BLOCK_K, BLOCK_WC, nw = _blocks(C, W)
-    _row_fwd_kernel[(B * H,)](
+    cfg = launch_config("fwd", C, W, "fp64" if rd == torch.float64 else "fp32")
+    nw = cfg.pop("num_warps")
+    _row_fwd_kernel[(B * H * cfg["NSPLIT"],)](
         xr, cm.rv(v) if v is not None else xr, cm.rv(ahy) if ahy is not None else xr,
         cm.rv(q) if q is not None else sr, sr,
         fr, fi, idx, val, cnt, cd, ce, torch.view_as_real(out),
         C, H, W, int(mask.shape[0] > 1),
-        BLOCK_C=BLOCK_C, BLOCK_W=BLOCK_W, BLOCK_K=BLOCK_K, BLOCK_WC=BLOCK_WC,
         HAS_X=has_x, HAS_V=v is not None, HAS_AHY=ahy is not None, HAS_Q=q is not None,
-        PREC=cm.dot_precision(rd), num_warps=nw,
+        PREC=cm.dot_precision(rd), num_warps=nw, **cfg,
     )
     return out
 
 
 def row_backward(g, x, v, ahy, q, sens, mask, ce, has_x: bool, need_x: bool, need_s: bool, need_r: bool):
-    """Backward of ``row_forward`` (kernel docstring). Returns (grad_x | None, grad_S | None, part | None)."""
+    """Backward of ``row_forward`` (kernel docstring). Returns (grad_x | None, grad_S | None, part | None);
+    ``part`` holds one pair of partial sums per program, (B·H·NSPLIT, 2), batch-major."""
     B, C, H, W = sens.shape
     rd = cm.real_dtype(sens)
     fr, fi = cm.centered_dft(W, rd, sens.device)
     idx, val, cnt = cm.sampled_columns(mask)
+    cfg = launch_config("bwd", C, W, "fp64" if rd == torch.float64 else "fp32")
+    nw = cfg.pop("num_warps")
     gx = cm.empty_complex((B, H, W), g) if need_x else None
     gs = cm.empty_complex((B, C, H, W), g) if need_s else None
-    part = cm.empty_real((B * H, 2), rd, g.device) if need_r else None
+    part = cm.empty_real((B * H * cfg["NSPLIT"], 2), rd, g.device) if need_r else None
     gr, sr = cm.rv(g), cm.rv(sens)
-    BLOCK_C, BLOCK_W, BLOCK_K, BLOCK_WC, nw = _blocks(C, W)
-    _row_bwd_kernel[(B * H,)](
+    _row_bwd_kernel[(B * H * cfg["NSPLIT"],)](
         gr, cm.rv(x), cm.rv(v) if v is not None else gr, cm.rv(ahy) if ahy is not None else gr,
         cm.rv(q) if q is not None else sr, sr,
         fr, fi, idx, val, cnt, ce,
@@ -324,9 +362,8 @@ def row_backward(g, x, v, ahy, q, sens, mask, ce, has_x: bool, need_x: bool, nee
         torch.view_as_real(gs) if gs is not None else sr,
         part if part is not None else ce,
         C, H, W, int(mask.shape[0] > 1),
-        BLOCK_C=BLOCK_C, BLOCK_W=BLOCK_W, BLOCK_K=BLOCK_K, BLOCK_WC=BLOCK_WC,
         HAS_X=has_x, HAS_V=v is not None, HAS_AHY=ahy is not None, HAS_Q=q is not None,
         NEED_X=need_x, NEED_S=need_s, NEED_R=need_r, NEED_PX=need_s or need_r,
-        PREC=cm.dot_precision(rd), num_warps=nw,
+        PREC=cm.dot_precision(rd), num_warps=nw, **cfg,
     )
     return gx, gs, part
