@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 import flat.ops as fo
+from flat.ops.backends import BackendUnavailableError, resolve
 from flat.coils import MAP_METHODS, estimate_maps, read_sens_maps
 from flat.checks import check_device, check_mask_feasible, check_output_not_input
 from flat.data.fastmri import DataError, list_h5_files, nonfinite_slices, read_volume, read_volume_info
@@ -161,9 +162,10 @@ def volume_crop(info, image_shape):
 
 def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backend=None,
                        batch_size=8, cg_iters=CG_ITERS, cg_lam=CG_LAM, progress=None, device="cpu",
-                       cg_maps="espirit", cg_tol=CG_TOL, sens=None):
+                       cg_maps="espirit", cg_tol=CG_TOL, sens=None, forward=None):
     """``(S, h, w)`` float32 numpy reconstruction of one volume in slice batches (zero-filled and
-    CG-SENSE run on ``device``; the FLAT model on whatever device :mod:`flat.inference` chooses).
+    CG-SENSE run on ``device``; the FLAT model on its own device, through ``forward`` when given:
+    :func:`flat.capture.make_forward`).
     ``sens``: the volume's maps ``(S, C, H, W)`` (``--maps FILE``), used by CG-SENSE and FLAT;
     else CG-SENSE estimates them as ``cg_maps`` says (``espirit`` or ``acs``)."""
     outs = []
@@ -185,6 +187,8 @@ def reconstruct_volume(method, masked, mask, num_low, crop, *, model=None, backe
                 from flat.inference import reconstruct  # see recon_files: the model stack on use
 
                 extra = {} if sens is None else {"sens": sens[s : s + batch_size]}
+                if forward is not None:
+                    extra["forward"] = forward
                 img = reconstruct(model, k, mask, num_low, backend=backend, **extra)
             img = torch.as_tensor(img)
             if img.shape != k.shape[:1] + k.shape[2:]:
@@ -212,7 +216,8 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
                 center_fractions: Sequence[float] = (0.08,), backend: Optional[str] = None,
                 batch_size: int = 8, cg_iters: int = CG_ITERS, cg_lam: float = CG_LAM, device: str = "cpu",
                 progress: bool = True, overwrite: bool = False, zero_nonfinite: bool = False,
-                maps: str = "espirit", cg_tol: float = CG_TOL) -> list[Path]:
+                maps: str = "espirit", cg_tol: float = CG_TOL, compile: bool = False,
+                cuda_graphs: bool = False) -> list[Path]:
     """``flat recon``: reconstruct every volume of ``data`` (a file or folder) with ``method`` into
     one submission file per volume in ``out``; returns the paths written. Every input is checked
     before anything is written (layout, header, mask, finite k-space, mask feasibility, OUT
@@ -225,7 +230,11 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
 
     ``maps``: CG-SENSE's coil maps, ``espirit`` (default) or ``acs``, or an HDF5 file with dataset
     ``sens_maps`` ``(S, C, H, W)`` (for one volume), or a folder of such files named like the
-    inputs; file maps are used by ``cg-sense`` and ``flat``."""
+    inputs; file maps are used by ``cg-sense`` and ``flat``.
+
+    ``device``: where the model, the data-consistency ops and the baselines run (the checkpoint is
+    loaded there); ``compile`` / ``cuda_graphs``: the FLAT model's cascade through torch.compile or
+    CUDA-graph replay (docs/gpu.md)."""
     data, out = Path(data), Path(out)
     accelerations, center_fractions = list(accelerations), list(center_fractions)
     if batch_size < 1:
@@ -241,7 +250,17 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
         mask_func = create_mask_for_mask_type(mask_type, center_fractions, accelerations)
     except ValueError as exc:
         raise ValueError(f"--accelerations / --center-fractions: {exc}") from None
-    check_device(device)
+    dev = check_device(device) or torch.device("cpu")
+    try:
+        chosen = resolve(backend, dev.type)  # a backend that cannot run on the device: refused now
+    except BackendUnavailableError as exc:
+        raise ValueError(f"--backend {backend} on --device {device}: {exc}") from None
+    if (compile or cuda_graphs) and method != "flat":
+        raise ValueError(f"--compile / --cuda-graphs: only for --method flat, not --method {method}")
+    if compile and cuda_graphs:
+        raise ValueError("--compile and --cuda-graphs: choose one")
+    if cuda_graphs and dev.type != "cuda":
+        raise ValueError(f"--cuda-graphs: CUDA graphs need --device cuda[:N], got --device {device}")
     if backend is not None:
         if backend not in fo.available_backends() and backend != "auto":
             raise ValueError(
@@ -278,7 +297,7 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
         # zero-filled and CG-SENSE need none of it, and tests substitute the inference module.
         from flat.inference import load_model
 
-        model = load_model(checkpoint, map_location="cpu")
+        model = load_model(checkpoint, map_location=str(dev))
     elif method == "varnet":  # CHECKPOINT is a fastMRI VarNet state dict
         if checkpoint == "-":
             raise ValueError("--method varnet needs a fastMRI VarNet state dict as CHECKPOINT (got '-')")
@@ -297,6 +316,14 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
               "(--overwrite to redo them)", file=sys.stderr)
     if out.is_dir():
         remove_stale_temps(out, [i.fname for i in infos])  # what a killed run left
+
+    forward = None
+    if compile or cuda_graphs:
+        from flat.capture import make_forward
+
+        forward = make_forward(model, "compile" if compile else "graphs", backend=backend)
+    how = " (cascade compiled)" if compile else " (cascade as CUDA graphs)" if cuda_graphs else ""
+    print(f"flat recon: note: device {dev}, backend {chosen}{how}", file=sys.stderr)
 
     total = sum(i.num_slices for i in todo)
     bar = tqdm(total=total, desc=f"recon {method}", unit="slice", file=sys.stderr,
@@ -319,7 +346,7 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
             recon = reconstruct_volume(
                 method, masked, mask, num_low, crop, model=model, backend=backend,
                 batch_size=batch_size, cg_iters=cg_iters, cg_lam=cg_lam, progress=bar, device=device,
-                cg_maps=maps if map_files is None else "espirit", cg_tol=cg_tol, sens=sens,
+                cg_maps=maps if map_files is None else "espirit", cg_tol=cg_tol, sens=sens, forward=forward,
             )
             written.append(write_submission(out / info.fname, recon, {"method": method, SETTINGS_ATTR: settings}))
             kill_point("recon:volume")

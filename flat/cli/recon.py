@@ -41,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CG-SENSE stops early when the residual falls below this fraction of the "
                         "initial one (default: 1e-6)")
     parser.add_argument("--device", default="cpu",
-                        help="device for zero-filled / cg-sense / varnet, e.g. cpu or cuda (default: cpu)")
+                        help="where the model, the data-consistency ops and the baselines run: cpu or "
+                        "cuda[:N] (default: cpu)")
+    parser.add_argument("--compile", action="store_true",
+                        help="--method flat: run the model's K-cascade through torch.compile (docs/gpu.md)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="--method flat on --device cuda: capture the K-cascade once per batch shape "
+                        "as a CUDA graph and replay it (docs/gpu.md)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo volumes whose output already exists (default: skip those complete from "
                         "the same settings, so a rerun after a kill finishes the rest)")
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, method=args.method, mask_type=args.mask_type,
         accelerations=args.accelerations, center_fractions=args.center_fractions, backend=args.backend,
         batch_size=args.batch_size, cg_iters=args.cg_iters, cg_lam=args.cg_lam, device=args.device,
-        maps=args.maps, cg_tol=args.cg_tol,
+        maps=args.maps, cg_tol=args.cg_tol, compile=args.compile, cuda_graphs=args.cuda_graphs,
         progress=not args.no_progress, overwrite=args.overwrite, zero_nonfinite=args.zero_nonfinite,
     )
     print(f"flat recon: wrote {len(written)} file(s) to {args.out}", file=sys.stderr)
