@@ -2,7 +2,7 @@
 
     python scripts/compare_bart.py OUT DATA [DATA ...] [--colin27 ch2.nii.gz] [--accelerations 4 8]
 
-DATA are fastMRI multicoil files or folders (e.g. ``python scripts/heldout_proxy.py P`` writes
+DATA are fastMRI multicoil files or folders (``--slices N``: only the N central slices of each) (e.g. ``python scripts/heldout_proxy.py P`` writes
 ``P/small`` and ``P/large``); ``--colin27 FILE`` also builds brain volumes from Colin27 slabs that
 the demo data set does not use (:data:`HELDOUT_BRAIN`), simulated exactly like the demo data, into
 ``OUT/brain``. For every acceleration (fastMRI's equispaced_fraction mask, centre 0.08 at 4x and
@@ -87,6 +87,29 @@ def build_brain(nifti: Path, out: Path, seed: int = 7) -> list[Path]:
     return paths
 
 
+def _input_file(f: Path, folder: Path, slices: int) -> Path:
+    """The file as both methods see it: a link to it, or a copy of its ``slices`` central slices
+    (same header and attrs; the target's ``max`` recomputed, as fastMRI files carry it)."""
+    import h5py
+
+    dst = folder / Path(f).name
+    if dst.exists():
+        return dst
+    if slices <= 0:
+        dst.symlink_to(Path(f).resolve())
+        return dst
+    from flat.data.demo import write_fastmri_file
+
+    with h5py.File(f, "r") as h:
+        S = h["kspace"].shape[0]
+        a = max(0, (S - slices) // 2)
+        sel = slice(a, min(S, a + slices))
+        k, t = h["kspace"][sel], h["reconstruction_rss"][sel]
+        header = bytes(h["ismrmrd_header"][()])
+        attrs = {key: v for key, v in h.attrs.items() if key not in ("max", "norm")}
+    return write_fastmri_file(dst, k, t, header, attrs)
+
+
 def run_flat(data: Path, out: Path, acc: int, cf: float) -> float:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "flat", "recon", "-", str(data), str(out), "--method", "cg-sense",
@@ -120,12 +143,14 @@ def main() -> int:
     ap.add_argument("--colin27", type=Path, default=None, help="Colin27 NIfTI (ch2.nii.gz): build held-out brain files")
     ap.add_argument("--accelerations", type=int, nargs="+", default=[4, 8], choices=sorted(SETTINGS))
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    ap.add_argument("--slices", type=int, default=0,
+                    help="use only the N central slices of each volume (0 = all; BART runs slice by slice)")
     args = ap.parse_args()
     if shutil.which("bart") is None:
         print("compare_bart: the 'bart' command is not installed (apt-get install bart)", file=sys.stderr)
         return 1
 
-    from flat.data.fastmri import list_h5_files, read_volume, read_volume_info
+    from flat.data.fastmri import list_h5_files, read_volume
     from flat.data.masks import create_mask_for_mask_type
     from flat.data.transforms import center_crop
     from flat.metrics import volume_metrics
@@ -146,10 +171,7 @@ def main() -> int:
         for group, files in groups.items():
             src = args.out / "inputs" / group
             src.mkdir(parents=True, exist_ok=True)
-            for f in files:  # one folder per group, so one flat recon call covers it
-                link = src / f.name
-                if not link.exists():
-                    link.symlink_to(Path(f).resolve())
+            files = [_input_file(f, src, args.slices) for f in files]  # one folder per group
             flat_dir = args.out / f"flat_R{acc}" / group
             flat_s = run_flat(src, flat_dir, acc, cf)
             with tempfile.TemporaryDirectory() as tmp:
@@ -183,7 +205,7 @@ def main() -> int:
         results.setdefault("files", []).extend(per_file)
     with open(args.out / "results.json", "w") as f:
         json.dump(results, f, indent=2, default=float)
-    print(f"\n| R | files | volumes | BART ecalib + pics -l2 (best λ) | FLAT cg-sense (defaults) | difference |")
+    print("\n| R | files | volumes | BART ecalib + pics -l2 (best λ) | FLAT cg-sense (defaults) | difference |")
     print("|---|---|---|---|---|---|")
     for e in results["rows"]:
         print(f"| {e['R']}x | {e['group']} | {e['volumes']} | {e['bart_PSNR']:.2f} dB (λ = {e['bart_lambda']:g}) "
