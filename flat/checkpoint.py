@@ -26,9 +26,10 @@ from flat.io import atomic_path
 CHECKPOINT_KINDS = ("flat-model", "flat-train-state")
 STATE_FILE = "last.pt"  # the training state in a run folder
 MODEL_FILE = "model.pt"  # the final weights + config in a run folder
+BEST_FILE = "best.pt"  # the weights + config of the best validation SSIM so far (same format)
 
 # bookkeeping keys that may change between a run and its resumption
-_BOOKKEEPING = ("threads", "log_every", "checkpoint_every", "val_every")
+_BOOKKEEPING = ("threads", "log_every", "checkpoint_every", "val_every", "workers")
 
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -69,6 +70,12 @@ def run_identity(cfg_dict) -> dict | None:
     """The part of a config that defines a run (what must match to resume it)."""
     if not isinstance(cfg_dict, dict):
         return None
+    try:  # keys added since the run began take their defaults (what that run used)
+        from flat.config import Config
+
+        cfg_dict = Config.from_dict(cfg_dict).to_dict()
+    except (TypeError, ValueError):
+        pass
     d = {k: dict(v) for k, v in cfg_dict.items()}
     for k in _BOOKKEEPING:
         d.get("train", {}).pop(k, None)

@@ -27,8 +27,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from flat.checkpoint import MODEL_FILE, STATE_FILE, read_train_state, save_model, save_train_state
-from flat.data.slices import TrainSlices, collate, epoch_order
+from flat.checkpoint import BEST_FILE, MODEL_FILE, STATE_FILE, read_train_state, save_model, save_train_state
+from flat.data.slices import EpochBatches, TrainSlices, collate, default_workers, epoch_order, make_loader
 from flat.flow.loss import flat_loss
 from flat.io import write_jsonl
 from flat.model import FlatModel
@@ -41,13 +41,14 @@ __all__ = ["MODEL_FILE", "STATE_FILE", "Run", "TrainSlices", "collate", "epoch_o
 
 
 def train(cfg, train_root, val_root, out_dir, *, device=None, backend=None, progress=True,
-          echo=True, init_from=None, _stop_after_steps: int | None = None) -> dict:
+          echo=True, init_from=None, tensorboard=None, _stop_after_steps: int | None = None) -> dict:
     """Train (or resume) a model; returns ``{"model", "history", "global_step", "elapsed_s"}``.
 
     ``init_from``: a fastMRI VarNet state dict (path or dict) whose weights a *new* run starts
     from; ``cfg.model`` must come from :func:`flat.model.varnet.varnet_model_config` of the same
     weights (``flat train --init-from`` does this; docs/varnet.md). A resumed run ignores it.
-    ``_stop_after_steps`` (tests) raises :class:`KeyboardInterrupt` after that many optimiser steps
+    ``tensorboard``: a folder for TensorBoard event files (rank 0; needs the ``tensorboard``
+    package). ``_stop_after_steps`` (tests) raises :class:`KeyboardInterrupt` after that many optimiser steps
     *in this call*, without checkpointing, like a kill.
     """
     cfg.validate()
@@ -64,7 +65,8 @@ def train(cfg, train_root, val_root, out_dir, *, device=None, backend=None, prog
     torch.set_num_threads(threads)
     try:
         run = Run(cfg, train_root, val_root, out_dir, device=device, backend=backend, progress=progress,
-                  echo=echo, world=world, rank=rank, threads=threads, init_from=init_from)
+                  echo=echo, world=world, rank=rank, threads=threads, init_from=init_from,
+                  tensorboard=tensorboard)
         return run.fit(_stop_after_steps)
     finally:
         torch.set_num_threads(threads_before)
@@ -97,7 +99,7 @@ class Run:
     """
 
     def __init__(self, cfg, train_root, val_root, out_dir, *, device, backend, progress, echo,
-                 world, rank, threads, init_from=None):
+                 world, rank, threads, init_from=None, tensorboard=None):
         self.cfg, self.tc = cfg, cfg.train
         self.val_root, self.device, self.backend, self.progress = val_root, device, backend, progress
         self.world, self.rank, self.distributed = world, rank, world > 1
@@ -107,13 +109,22 @@ class Run:
         if self.distributed:
             dist.barrier()
         self.log = _Log(self.out, rank == 0, echo)
+        self.tb = None
+        if tensorboard is not None and rank == 0:
+            self.tb = tensorboard_writer(tensorboard)
         self.log(f"device {device}, data-consistency backend {resolve(backend, device.type)}")
 
         tc = self.tc
         self.data = TrainSlices(train_root, cfg.data, tc.seed)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model = FlatModel(cfg.model).to(device)
-        self.steps_per_epoch = len(epoch_order(len(self.data), tc.seed, 0, world, rank, tc.batch_size)) // tc.batch_size
+        self.model.set_memory_levers(tc.checkpoint_cascades, tc.amp)  # docs/training.md
+        # the DataLoader (flat/data/slices.py): built on first use, its workers persist over epochs
+        self.sampler = EpochBatches(len(self.data), tc.seed, world, rank, tc.batch_size)
+        self.workers = tc.workers if tc.workers >= 0 else default_workers(
+            int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        self.loader = None
+        self.steps_per_epoch = len(self.sampler.batches(0))
         self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
 
@@ -159,13 +170,17 @@ class Run:
     def _run_epoch(self) -> bool:
         """The rest of the current epoch, or until done; True if the epoch ran to its end."""
         tc = self.tc
-        self.data.set_epoch(self.epoch)
-        order = epoch_order(len(self.data), tc.seed, self.epoch, self.world, self.rank, tc.batch_size)
-        batches = [order[j:j + tc.batch_size] for j in range(0, len(order), tc.batch_size)]
-        bar = tqdm(total=len(batches), initial=self.step_in_epoch, desc=f"{self.cfg.model.mode} epoch {self.epoch}",
+        n_batches = len(self.sampler.batches(self.epoch))
+        if self.loader is None:
+            self.loader = make_loader(self.data, self.sampler, self.workers, self.device.type == "cuda")
+        # the sampler runs in this process: moved to (epoch, step) before the pass, it hands the
+        # workers exactly the batches an uninterrupted run would get from here on
+        self.sampler.start(self.epoch, self.step_in_epoch)
+        batches = iter(self.loader)
+        bar = tqdm(total=n_batches, initial=self.step_in_epoch, desc=f"{self.cfg.model.mode} epoch {self.epoch}",
                    leave=False, disable=not self.progress or self.rank != 0, dynamic_ncols=True)
-        while self.step_in_epoch < len(batches):
-            lr, parts = self._step(batches[self.step_in_epoch])
+        while self.step_in_epoch < n_batches:
+            lr, parts = self._step(next(batches))
             self.step_in_epoch += 1
             self.global_step += 1
             self.steps_this_call += 1
@@ -173,6 +188,10 @@ class Run:
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
             if self.global_step % tc.log_every == 0:
+                if self.tb is not None:
+                    for k, v in parts.items():
+                        self.tb.add_scalar(f"train/{k}", v, self.global_step)
+                    self.tb.add_scalar("train/lr", lr, self.global_step)
                 self.log(f"step {self.global_step}/{self.total_steps} epoch {self.epoch} lr {lr:.2e} "
                          + " ".join(f"{k} {v:.4f}" for k, v in parts.items()))
             if self.stop_after_steps is not None and self.steps_this_call >= self.stop_after_steps:
@@ -187,18 +206,18 @@ class Run:
             if self.global_step % tc.checkpoint_every == 0:
                 self.save_state()
         bar.close()
-        return self.step_in_epoch >= len(batches)
+        return self.step_in_epoch >= n_batches
 
-    def _step(self, indices: list[int]) -> tuple[float, dict]:
-        """One optimiser step on the training slices ``indices``; returns the LR and the loss terms."""
-        tc, device, model = self.tc, self.device, self.model
-        b = collate([self.data[i] for i in indices])
-        kspace = b["kspace"].to(device)
-        o = self.net(b["masked_kspace"].to(device), b["mask"].to(device), b["num_low_frequencies"].to(device),
+    def _step(self, b: dict) -> tuple[float, dict]:
+        """One optimiser step on a collated batch (:func:`collate`); returns the LR and the loss terms."""
+        tc, model = self.tc, self.model
+        dev = {"device": self.device, "non_blocking": True}  # pinned on CUDA: the copy overlaps
+        kspace = b["kspace"].to(**dev)
+        o = self.net(b["masked_kspace"].to(**dev), b["mask"].to(**dev), b["num_low_frequencies"].to(**dev),
                      backend=self.backend)
         # the straight path's end point is a target: no gradient into (learned) coil maps through it
         x_gt = model.target_image(kspace, o).detach() if self.velocity_weight > 0 else None
-        loss, parts = flat_loss(o.images, o.times, o.scale, b["target"].to(device), b["max_value"].to(device),
+        loss, parts = flat_loss(o.images, o.times, o.scale, b["target"].to(**dev), b["max_value"].to(**dev),
                                 x_gt, ssim_weight=tc.ssim_weight, l1_weight=tc.l1_weight,
                                 velocity_weight=self.velocity_weight)
         if not torch.isfinite(loss):
@@ -227,6 +246,9 @@ class Run:
                        {"global_step": self.global_step, "elapsed_s": self.elapsed, "history": self.history})
         if self.distributed:
             self._check_replicas()
+        self.loader = None  # ends the persistent workers
+        if self.tb is not None:
+            self.tb.close()
         self.log(f"done: {self.global_step} steps in {self.elapsed:.1f} s; weights in {self.out / MODEL_FILE}")
         return {"model": self.model, "history": self.history, "global_step": self.global_step,
                 "elapsed_s": self.elapsed}
@@ -245,8 +267,8 @@ class Run:
         cfg = self.cfg
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"new run: {len(self.data)} training slices, {self.steps_per_epoch} steps/epoch, "
-                 f"{self.total_steps} steps, {self.world} process(es), {threads} thread(s) each, "
-                 f"{n_params} parameters")
+                 f"{self.total_steps} steps, {self.world} process(es), {threads} thread(s) and "
+                 f"{self.workers} data worker(s) each, {n_params} parameters")
         self.log(f"config: {json.dumps(cfg.to_dict())}")
         if cfg.model.mode == "flat":
             self.log(f"σ = {cfg.model.noise_scale():.4f}; DC weight per step Δt_k/σ² = "
@@ -261,11 +283,23 @@ class Run:
                          elapsed_s=self.elapsed, history=self.history)
 
     def validate(self) -> None:
-        """Validate (rank 0), log the result and append it to the history and ``metrics.jsonl``."""
+        """Validate (every rank its share of whole volumes, metrics gathered: flat/validation.py);
+        rank 0 logs the result, appends it to the history and ``metrics.jsonl``, and writes
+        ``best.pt`` when the SSIM is the best so far."""
+        res = validate(self.model, self.val_root, self.cfg.data, backend=self.backend,
+                       progress=self.progress and self.rank == 0, rank=self.rank, world=self.world)
         if self.rank == 0:
-            res = validate(self.model, self.val_root, self.cfg.data, backend=self.backend, progress=self.progress)
             res.update(epoch=self.epoch, step=self.global_step)
+            best_before = max((h["SSIM"] for h in self.history), default=-math.inf)
             self.history.append(res)
+            if res["SSIM"] > best_before:  # a redone validation after a kill rewrites the same file
+                save_model(self.out / BEST_FILE, self.model, self.cfg,
+                           {"global_step": self.global_step, "epoch": self.epoch, "SSIM": res["SSIM"],
+                            "PSNR": res["PSNR"], "NMSE": res["NMSE"]})
+            if self.tb is not None:
+                for k in ("PSNR", "SSIM", "NMSE"):
+                    self.tb.add_scalar(f"val/{k}", res[k], self.global_step)
+                self.tb.flush()
             self.log(f"val epoch {self.epoch} step {self.global_step}: PSNR {res['PSNR']:.2f} "
                      f"SSIM {res['SSIM']:.4f} NMSE {res['NMSE']:.4f} | PSNR per cascade "
                      + " ".join(f"{p:.2f}" for p in res["psnr_per_cascade"]))
@@ -295,6 +329,15 @@ def _shared_elapsed(elapsed: float, distributed: bool) -> float:
     t = torch.tensor([elapsed], dtype=torch.float64)
     dist.broadcast(t, 0)
     return float(t.item())
+
+
+def tensorboard_writer(log_dir):
+    """A ``SummaryWriter`` for ``--tensorboard DIR``; a clear error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def _dist_info():

@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--val", required=True, help="folder (or file) of fully sampled fastMRI validation data")
     parser.add_argument("--out", required=True, help="output folder; an existing run there is resumed")
     parser.add_argument("--config", default=None, help="JSON file with model/data/train sections (partial ok)")
-    parser.add_argument("--preset", default="default", help="base preset: default, demo, demo-vanilla, tiny")
+    parser.add_argument("--preset", default="default", help="base preset: default, demo, demo-vanilla, knee, brain (fastMRI's scale), tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set model.cascades=8 (repeatable)")
     parser.add_argument("--init-from", default=None, metavar="FILE",
@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--backend", default=None, help="flat.ops backend: reference, triton, cupy, auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also write TensorBoard event files to DIR (needs the tensorboard package)")
 
 
 def run(args) -> int:
@@ -29,6 +31,11 @@ def run(args) -> int:
     from flat.io import remove_stale_temps
     from flat.train import train  # the library, on use: keeps the parser light
 
+    if args.tensorboard is not None:  # refused before any work, in one line
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
     cfg = load_config(args.config, args.overrides, preset=args.preset)
     if args.init_from is not None:  # the architecture (and FLAT's grid) from the VarNet's tensors
         from flat.model.varnet import varnet_model_config
@@ -40,5 +47,5 @@ def run(args) -> int:
         # what a killed run left (the writes reuse the same names anyway)
         remove_stale_temps(args.out, [STATE_FILE, MODEL_FILE, "metrics.jsonl"])
     train(cfg, args.train, args.val, args.out, device=args.device, backend=args.backend,
-          progress=not args.no_progress, init_from=args.init_from)
+          progress=not args.no_progress, init_from=args.init_from, tensorboard=args.tensorboard)
     return 0

@@ -15,6 +15,7 @@ O(1) intensities; :class:`FlowOutput` maps back to the input's intensity scale.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,24 @@ def canonical_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> t
     (flat/ops/checks.py), viewed with a coil dim."""
     device = mask.device if isinstance(mask, torch.Tensor) else torch.device("cpu")
     return check_mask(mask, batch, height, width, torch.complex64, device).unsqueeze(1)
+
+
+@contextlib.contextmanager
+def _per_sample_checkpoint(net: nn.Module):
+    """Within the block, ``net`` runs one sample (here: one coil image) at a time, each under
+    ``torch.utils.checkpoint``: the backward then holds one coil's activations at a time instead
+    of all C of them. Exact for the sensitivity U-Nets, which normalise every sample by itself."""
+    plain = type(net).forward
+
+    def forward(x, *args, **kw):
+        return torch.cat([torch.utils.checkpoint.checkpoint(plain, net, x[i:i + 1], *args, use_reentrant=False, **kw)
+                          for i in range(x.shape[0])])
+
+    net.forward = forward  # an instance attribute: parameters and state-dict keys stay as they are
+    try:
+        yield
+    finally:
+        del net.forward
 
 
 class FlatModel(nn.Module):
@@ -138,9 +157,9 @@ class FlatModel(nn.Module):
         if self.cfg.sens == "given":
             raise ValueError("sens: this model was configured with model.sens=given; pass sens maps")
         if self.sens_net is not None:
-            if self.checkpoint_nets and torch.is_grad_enabled():  # recomputed in the backward too
-                return torch.utils.checkpoint.checkpoint(self.sens_net, masked_kspace, num_low_frequencies,
-                                                         use_reentrant=False)
+            if self.checkpoint_nets and torch.is_grad_enabled():  # its U-Net recomputed coil by coil
+                with _per_sample_checkpoint(self.sens_net.norm_unet):
+                    return self.sens_net(masked_kspace, num_low_frequencies)
             return self.sens_net(masked_kspace, num_low_frequencies)
         if self.cfg.sens == "espirit":  # normally precomputed once per slice and passed as sens
             from flat.coils import estimate_maps
