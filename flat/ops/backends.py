@@ -77,7 +77,7 @@ def _probe_triton(device_type: str | None) -> str | None:
 def _probe_cupy(device_type: str | None) -> str | None:
     # Never import cupy here: only look for it.
     if importlib.util.find_spec("cupy") is None:
-        return "the 'cupy' package is not installed (pip install 'flat-mri[cupy]')"
+        return "the 'cupy' package is not installed (pip install 'flat-mri[cupy13]' for CUDA 13, 'flat-mri[cupy]' for CUDA 12)"
     if device_type not in (None, "cuda"):
         return f"the CuPy backend runs on CUDA tensors, not on {device_type!r}"
     if not torch.cuda.is_available():
