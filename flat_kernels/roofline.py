@@ -54,7 +54,7 @@ CEILINGS = {
     ),
 }
 # Achievable fraction of the datasheet tensor rate. wgmma: 0.8 (dense bf16 ~790 of 989 TFLOP/s
-# measured on an H200, docs/kernels.md); mma.sync (what Triton emits for M < 64 tiles, and every
+# measured on an H200, docs/triton_row_kernel.md); mma.sync (what Triton emits for M < 64 tiles, and every
 # DMMA): assumed 0.6 of the datasheet on Hopper (public microbenchmarks; unmeasured here).
 MMA_EFF = {"wgmma": 0.8, "mma": 0.6}
 FP32_EFF = 1.0  # datasheet FP32 / FP64 / issue rates, upper bounds (the model is optimistic there)
@@ -197,7 +197,7 @@ def _triton_variants(quick: bool = False) -> list[dict]:
     kernel family the launcher picks for the width (``_ops.row_module``).
 
     fwd: flow_step with Aᴴy precomputed (the per-cascade case); bwd: all gradients (x, S, dt, lam),
-    Aᴴy given (with Aᴴy from y only the last backward pass differs: it subtracts q_c). complex64 at the default precision, complex128 fp64. Resources only: the other
+    Aᴴy given (Aᴴy from y enters the same kernels as ahy = Σ_c conj(S_c)·q_c). complex64 at the default precision, complex128 fp64. Resources only: the other
     shipped forward flag sets (Aᴴy from y through q_c; normal). The kernels of the 2-D path are
     compiled by triton/aot_check.py.
     """
@@ -259,18 +259,6 @@ def _triton_variants(quick: bool = False) -> list[dict]:
                                         prec=prec, kind=tag, fn=f"{mod.__name__}:{mod.KERNELS['fwd']}", ptr=ptr,
                                         consts={k: val for k, val in dict(cfg, PREC=prec, **flags).items() if k in names},
                                         num_warps=nw, resources_only=True))
-                if not quick and not res_only and len(getattr(mod, "PASSES", {}).get("bwd", [])) > 1:
-                    cfg = mod.launch_config("bwd", C, W, real)
-                    nw = cfg.pop("num_warps")
-                    ns = cfg.pop("num_stages", None)
-                    fn = f"{mod.__name__}:{mod.KERNELS['bwd']}"
-                    names = set(_resolve(fn).arg_names)
-                    flags = dict(bwd_flags, HAS_AHY=False, HAS_Q=True, **mod.PASSES["bwd"][-1])
-                    out.append(dict(backend="triton", kernel=f"{fam}.row_bwd.last+q",
-                                    label=f"{fam}.row_bwd.last+q {dname} {prec} {wl}", workload=wl, dtype=dname,
-                                    prec=prec, kind="bwd+q", fn=fn, ptr=ptr, num_warps=nw, num_stages=ns,
-                                    consts={k: val for k, val in dict(cfg, PREC=prec, **flags).items() if k in names},
-                                    resources_only=True))
     return out
 
 

@@ -65,7 +65,9 @@ def _generic_backward(g, x, v, y, ahy, sens, mask, ce, has_x, need_x, need_s, ne
             q = fe.adjoint_coils(y, mask) if (y is not None and (need_s or need_r)) else None
             if q is not None and need_r:
                 ahy = _ahy_from_q(q, sens)
-            gx, gs, part = mn.row_backward(g, x, v, ahy, q, sens, mask, ce, has_x, need_x, need_s, need_r)
+            gx, gs, part = mn.row_backward(g, x, v, ahy, sens, mask, ce, has_x, need_x, need_s, need_r)
+            if q is not None and need_s:  # the −q_c part of grad_S_c = −e·[(P(S_c x) − q_c)·conj(g) + …]
+                gs = gs + fe.reduce_image(q, sens, z=g, cs=ce, out_img=False, out_s=True)[1]
         Tg = fe.expand_fft(g.unsqueeze(0), sens)[0] if need_y else None
     else:
         gx, gs, part, Tg = fe.image_backward(g, x, v, y, ahy, sens, mask, ce, has_x, need_x, need_s, need_r, need_y)

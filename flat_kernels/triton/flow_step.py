@@ -27,7 +27,9 @@ comes from the 2-D path (``fft_epilogue.adjoint_coils``) when Aᴴy is not preco
 The sampled set is found on the device (``_common.sampled_columns``); the kernel reads n_s itself
 and loops ``range(0, n_s, BLOCK_K)``: no host sync, CUDA-graph safe, work ∝ n_s (≈ W/3.5 at 4×).
 
-GPU timing is pending (no GPU in the session that wrote this): see flat_kernels/NOTES.md.
+Not launched by the backend any more: compiled for sm_90 it spills registers in every tiling
+tried and is compute bound far above the memory floor; column masks take monarch.py (W = 16·N2)
+or the 2-D path (flat_kernels/NOTES.md, "Column mask: the row kernels"). Kept for aot_check.py.
 """
 from __future__ import annotations
 
@@ -284,9 +286,8 @@ def _row_bwd_kernel(
             tl.store(part_ptr + 2 * pid + 1, tl.sum(gr * 0.0, axis=0))
 
 
-# Tile configuration per (kernel, real dtype); see flat_kernels/NOTES.md ("Row kernel tiles").
-# Chosen with the compile-time model (python -m flat_kernels.roofline): zero spills on sm_90 and the
-# least issued tensor work at knee and brain sizes.
+# Tile configuration per (kernel, real dtype); the sweep is in flat_kernels/NOTES.md ("Column mask:
+# the row kernels"). No tiling of this kernel compiled without spills on sm_90.
 TILES = {
     ("fwd", "fp32"): dict(BLOCK_C=16, SPLIT=1, BLOCK_K=16, BLOCK_WC=64, num_warps=8),
     ("bwd", "fp32"): dict(BLOCK_C=16, SPLIT=1, BLOCK_K=16, BLOCK_WC=64, num_warps=8),

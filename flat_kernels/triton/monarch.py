@@ -1,7 +1,7 @@
-"""Column-mask row kernels with a factored (four-step / Monarch) DFT along W (docs/kernels.md).
+"""Column-mask row kernels with a factored (four-step / Monarch) DFT along W (docs/triton_row_kernel.md).
 
 For a column mask the H transform cancels and, because a masked DFT pair along W is circulant,
-the centering shifts cancel too (docs/kernels.md, "column-mask identity"):
+the centering shifts cancel too (docs/operators.md, "The column-mask identity"):
 
     P z = F_Wᴴ diag(ifftshift(m)) F_W z          (plain, un-centered orthonormal DFT along W)
 
@@ -182,12 +182,12 @@ def _mn_fwd_kernel(
 
 @triton.jit
 def _mn_bwd_kernel(
-    g_ptr, x_ptr, v_ptr, ahy_ptr, q_ptr, s_ptr,
+    g_ptr, x_ptr, v_ptr, ahy_ptr, s_ptr,
     f1_ptr, f2_ptr, twr, twi, m_ptr,
     ce_ptr, gx_ptr, gs_ptr, part_ptr,  # (B,) (B,H,W,2) (B,C,H,W,2) (B*H, 2)
     C, H, W, N2, MB,
     BLOCK_C: tl.constexpr, BLOCK_N2: tl.constexpr,
-    HAS_X: tl.constexpr, HAS_V: tl.constexpr, HAS_AHY: tl.constexpr, HAS_Q: tl.constexpr,
+    HAS_X: tl.constexpr, HAS_V: tl.constexpr, HAS_AHY: tl.constexpr,
     NEED_X: tl.constexpr, NEED_S: tl.constexpr, NEED_R: tl.constexpr, PASS: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -237,12 +237,6 @@ def _mn_bwd_kernel(
         elif PASS == 3:  # −e·[(P(S x) − q)·conj(g) + conj(x)·P(S g)]
             if NEED_S:
                 tr, ti = _cload(gsbase, soff, msk)
-                if HAS_Q:  # q_c = ifft2c(M y_c), stored un-shifted (fft_epilogue.adjoint_coils)
-                    hq = (h + H - H // 2) % H
-                    qbase = q_ptr + 2 * (((b64 * C + c0) * H + hq) * W)
-                    qr, qi = _cload(qbase, cl[:, None] * (H * W) + (w + W - W // 2) % W, msk)
-                    tr -= qr
-                    ti -= qi
                 xr, xi = _cload(x_ptr + 2 * row, w, wv)
                 ur = tr * zr + ti * zi + xr * pr + xi * pi  # z = g in this pass
                 ui = ti * zr - tr * zi + xr * pi - xi * pr
@@ -364,10 +358,10 @@ def row_forward(x, v, ahy, sens, mask, cd, ce, has_x: bool) -> torch.Tensor:
     return out
 
 
-def row_backward(g, x, v, ahy, q, sens, mask, ce, has_x: bool, need_x: bool, need_s: bool, need_r: bool):
-    """Backward of ``row_forward`` (up to three launches, see ``_mn_bwd_kernel``). With Aᴴy from y,
-    ``q`` holds the per-coil q_c (for grad_S) and ``ahy`` must be Σ_c conj(S_c)·q_c (for the partial
-    sums). Returns (grad_x | None, grad_S | None, part (B·H, 2) | None)."""
+def row_backward(g, x, v, ahy, sens, mask, ce, has_x: bool, need_x: bool, need_s: bool, need_r: bool):
+    """Backward of ``row_forward`` with b = ahy (up to three launches, see ``_mn_bwd_kernel``).
+    Aᴴy from y: pass ahy = Σ_c conj(S_c)·q_c and add e·q_c·conj(g) to grad_S (flat_kernels/triton/_ops.py).
+    Returns (grad_x | None, grad_S | None, part (B·H, 2) | None)."""
     B, C, H, W = sens.shape
     rd = cm.real_dtype(sens)
     tabs = tables(W, rd, sens.device)
@@ -379,13 +373,13 @@ def row_backward(g, x, v, ahy, q, sens, mask, ce, has_x: bool, need_x: bool, nee
     gr, sr = cm.rv(g), cm.rv(sens)
     args = (
         gr, cm.rv(x), cm.rv(v) if v is not None else gr, cm.rv(ahy) if ahy is not None else gr,
-        cm.rv(q) if q is not None else sr, sr, *tabs, _mask_rows(mask, rd), ce,
+        sr, *tabs, _mask_rows(mask, rd), ce,
         torch.view_as_real(gx) if gx is not None else gr,
         torch.view_as_real(gs) if gs is not None else sr,
         part if part is not None else ce,
         C, H, W, W // N1, int(mask.shape[0] > 1),
     )
-    flags = dict(HAS_X=has_x, HAS_V=v is not None, HAS_AHY=ahy is not None, HAS_Q=q is not None,
+    flags = dict(HAS_X=has_x, HAS_V=v is not None, HAS_AHY=ahy is not None,
                  NEED_X=need_x, NEED_S=need_s, NEED_R=need_r, PREC=cm.dot_precision(rd), num_warps=nw, **cfg)
     if need_s or need_r:
         _mn_bwd_kernel[(B * H,)](*args, PASS=1, **flags)
