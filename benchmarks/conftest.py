@@ -42,6 +42,8 @@ if importlib.util.find_spec("flat") is None:  # run from a checkout without `pip
 
 import torch  # noqa: E402
 
+from flat_kernels.timing import copy_bandwidth, event_times  # noqa: E402
+
 DEFAULT_JSON = HERE / "results" / "latest.json"
 _ROWS: list[dict] = []
 _REF: dict[tuple, float] = {}  # (op, mode, shape) -> reference median, same session
@@ -84,39 +86,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _median_event_time(fn, reps: int) -> list[float]:
-    """Per-call device seconds from CUDA events (caller has warmed up)."""
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    torch.cuda.synchronize()
-    for s, e in zip(starts, ends):
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
-
-
-def _copy_bandwidth(device: torch.device) -> float:
-    """Measured device copy bandwidth in bytes/s (read + write counted), the floors' yardstick."""
-    n = (512 << 20 if device.type == "cuda" else 128 << 20) // 4  # float32 elements, >> L2/L3
-    src = torch.ones(n, device=device)
-    dst = torch.empty_like(src)
-    moved = 2 * n * 4
-    if device.type == "cuda":
-        for _ in range(3):
-            dst.copy_(src)
-        times = _median_event_time(lambda: dst.copy_(src), 10)
-    else:
-        dst.copy_(src)
-        times = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            dst.copy_(src)
-            times.append(time.perf_counter() - t0)
-    return moved / min(times)  # attainable bandwidth: the best of the repeats (least disturbed)
-
-
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     from workloads import bench_device
@@ -147,7 +116,7 @@ def device_info(device) -> dict:
             device=f"{_cpu_name()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})",
             l2_bytes=0,  # CPU: inputs are not rotated; the CPU sizes fit in L3 (see RESULTS.md)
         )
-    info["copy_bandwidth_Bps"] = _copy_bandwidth(device)
+    info["copy_bandwidth_Bps"] = copy_bandwidth(device)
     _SESSION_INFO.update(info)
     return info
 
@@ -265,9 +234,9 @@ class Bench:
         bm = self.benchmark
         if self.is_cuda:
             # Re-estimate after warm-up: the first calls above may include JIT compilation.
-            per_call = statistics.median(_median_event_time(step, max(3, len(calls))))
+            per_call = statistics.median(event_times(step, max(3, len(calls))))
             reps = int(min(1000, max(20, budget / max(per_call, 1e-6))))
-            times = _median_event_time(step, reps)
+            times = event_times(step, reps)
             timer = "cuda events per call (median)"
             bm._timer = _cuda_synced_clock  # pytest-benchmark's own table: device-synchronised too
             iters = max(len(calls), int(min(100, 1e-3 / max(per_call, 1e-7))))

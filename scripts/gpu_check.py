@@ -55,40 +55,6 @@ def _rel(a, b) -> float:
     return float((a - b).abs().norm() / b.abs().norm().clamp_min(1e-300))
 
 
-def _timer():
-    """Median milliseconds of fn() on the GPU: triton.testing.do_bench, else CUDA events."""
-    import torch
-
-    try:
-        from triton.testing import do_bench
-
-        return lambda fn: float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
-    except Exception:  # noqa: BLE001  (no triton: plain events)
-        def events(fn, reps=20):
-            fn()
-            torch.cuda.synchronize()
-            ts = []
-            for _ in range(reps):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                torch.cuda.synchronize()
-                ts.append(a.elapsed_time(b))
-            return sorted(ts)[len(ts) // 2]
-        return events
-
-
-def _copy_bandwidth(timer) -> float:
-    """Device copy bandwidth in bytes/s, read + write counted (the floors' yardstick)."""
-    import torch
-
-    bufs = [torch.empty(1 << 28, dtype=torch.float32, device="cuda") for _ in range(2)]  # 1 GiB each
-    ms = timer(lambda: bufs[1].copy_(bufs[0]))
-    bufs.clear()
-    return 2 * (1 << 28) * 4 / (ms * 1e-3)
-
-
 def _available_backends():
     import flat.ops as fo
     from flat.ops.backends import unavailable_reason
@@ -213,11 +179,13 @@ def cmd_micro(args) -> int:
     import flat.ops as fo
 
     dl = Deadline(args.deadline)
-    timer = _timer()
+    from flat_kernels.timing import copy_bandwidth, gpu_timer
+
+    timer = gpu_timer(warmup_ms=10, rep_ms=40)
     ok, why = _available_backends()
     res = {"date": _now(), "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "unavailable": why, "rows": []}
-    res["copy_Bps"] = _copy_bandwidth(timer)
+    res["copy_Bps"] = copy_bandwidth("cuda")
     out = Path(args.out)
     _write_json(out, res)
     variants = [("reference", None)]

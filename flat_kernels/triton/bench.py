@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import time
 
 import torch
+
+from flat_kernels.timing import copy_bandwidth, gpu_timer
 
 WORKLOADS = [("knee", 15, 640, 368), ("brain", 16, 640, 320)]
 
@@ -36,27 +37,6 @@ def _inputs(B, C, H, W, device, seed):
                 dt=torch.full((B,), 0.2, device=device), lam=torch.tensor(5.0, device=device))
 
 
-def _timer(smoke):
-    if smoke:
-        def run(fn):
-            fn()
-            t = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t) * 1e3
-        return run
-    from triton.testing import do_bench
-
-    return lambda fn: do_bench(fn, warmup=50, rep=300, return_mode="median")  # milliseconds
-
-
-def copy_bandwidth(device, smoke):
-    n = (1 << 20) if smoke else (1 << 28)  # 1 GiB of float32 on the GPU
-    a = torch.empty(n, dtype=torch.float32, device=device)
-    b = torch.empty_like(a)
-    ms = _timer(smoke)(lambda: b.copy_(a))
-    return 2 * a.numel() * 4 / (ms * 1e-3)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU under TRITON_INTERPRET=1")
@@ -71,8 +51,8 @@ def main(argv=None):
         raise SystemExit("bench: needs a CUDA GPU (or --smoke under TRITON_INTERPRET=1)")
     workloads = [("smoke", 2, 4, 12)] if args.smoke else WORKLOADS
     batches = (1,) if args.smoke else (1, 8)
-    timer = _timer(args.smoke)
-    bw = copy_bandwidth(device, args.smoke)
+    timer = gpu_timer(quick=args.smoke)
+    bw = copy_bandwidth(device, nbytes=(4 << 20) if args.smoke else None)
     dev_name = "cpu (interpreter)" if args.smoke else torch.cuda.get_device_name()
     lines = [
         f"Device: {dev_name}; torch {torch.__version__}; date {datetime.date.today()}; "
