@@ -39,16 +39,10 @@ pytestmark = pytest.mark.filterwarnings(
 
 VARIANTS = ("reference", "compile", "literal", "fastmri", "triton", "cupy")
 CHECK_RTOL = 1e-4  # complex64 variants vs the complex64 reference: FFT rounding is ~1e-6
-_DIMS = (-2, -1)
 
 
 # ---------------------------------------------------------------- literal forms (complex tensors)
-def _fft2c(x):
-    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=_DIMS), norm="ortho"), dim=_DIMS)
-
-
-def _ifft2c(x):
-    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(x, dim=_DIMS), norm="ortho"), dim=_DIMS)
+_fft2c, _ifft2c = R.fft2c, R.ifft2c  # the literal fftshift form of fastMRI's fft2c/ifft2c
 
 
 def literal_normal(x, S, M4):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flat.ops.reference import fft2c as _fft2c, ifft2c as _ifft2c
 from flat.ops.table import OPS as _TABLE
 
 OPS = tuple(spec.name for spec in _TABLE if spec.benchmarked)
@@ -117,16 +118,6 @@ def sampled_fraction(mask: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------- inputs
-def _fft2c(x):
-    d = (-2, -1)
-    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=d), norm="ortho"), dim=d)
-
-
-def _ifft2c(x):
-    d = (-2, -1)
-    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(x, dim=d), norm="ortho"), dim=d)
-
-
 def make_inputs(wl: Workload, device, dtype=torch.complex64, seed: int = 0) -> dict:
     """One input set: every tensor any op benchmark needs, built on the CPU then moved (seeded).
 

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
+
+from flat.ops import reference
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 ASSET_FILE = ASSET_DIR / "colin27_slices.npz"
@@ -136,11 +139,12 @@ def load_assets() -> dict:
 
 # ---------------------------------------------------------------- simulation
 def _fft2c(x: np.ndarray) -> np.ndarray:
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    """The package's centered FFT (flat/ops/reference.py) on a numpy array."""
+    return reference.fft2c(torch.from_numpy(np.ascontiguousarray(x, dtype=np.complex128))).numpy()
 
 
 def _ifft2c(x: np.ndarray) -> np.ndarray:
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    return reference.ifft2c(torch.from_numpy(np.ascontiguousarray(x, dtype=np.complex128))).numpy()
 
 
 def _resample(img: np.ndarray, n: int) -> np.ndarray:
