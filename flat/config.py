@@ -310,8 +310,10 @@ def _presets() -> dict[str, Config]:
     base = Config()
     # α = 0.2: Δt·λ from 1.77 (first step) down to 1.04 (last); the sweep is in docs/model.md
     demo_model = ModelConfig(cascades=6, chans=16, pools=3, dc_per_step=1.5, alpha=0.2)
+    # workers=0: the demo's small slices load in well under a millisecond, and the two trainers
+    # already use both cores of a small machine; a loader process each would only compete for them.
     demo_train = TrainConfig(epochs=1000, lr=2e-3, warmup_steps=10, batch_size=1,
-                             checkpoint_every=100, log_every=25, velocity_weight=1.0)
+                             checkpoint_every=100, log_every=25, velocity_weight=1.0, workers=0)
     return {
         "default": base,
         "demo": Config(model=demo_model, train=demo_train),
