@@ -99,8 +99,11 @@ _REGISTRY: dict[str, _Backend] = {
     "triton": _Backend("triton", _probe_triton, "flat_kernels.triton"),
     "cupy": _Backend("cupy", _probe_cupy, "flat_kernels.cupy"),
 }
-# "auto" preference per device type, fastest first.
-_AUTO_ORDER = {"cuda": ("triton", "cupy", "reference")}
+# "auto" preference per device type, fastest first. On CUDA the compile-time model
+# (python -m flat_kernels.roofline; flat_kernels/NOTES.md) ranks CuPy's one-pass row kernel first for
+# column masks (~1.7x the memory floor at knee size, predicted) ahead of the Triton row kernel
+# (~7.6x); for 2-D masks both run cuFFT between fused kernels. Replace by measurement on a GPU.
+_AUTO_ORDER = {"cuda": ("cupy", "triton", "reference")}
 
 _CONTEXT: contextvars.ContextVar[str | None] = contextvars.ContextVar("flat_backend", default=None)
 
