@@ -34,7 +34,7 @@ import torch
 
 import flat.ops.reference as ref
 from flat.ops.table import OPS
-from tests.helpers import RTOL, assert_rel_close, random_sens, variant_label
+from tests.helpers import RTOL, assert_rel_close, call_public, random_sens, variant_label
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CU = ROOT / "flat_kernels" / "cuda" / "dc_fused.cu"
@@ -407,21 +407,20 @@ def _make(B, C, H, W, dtype, mask_kind, device, seed=0, per_batch=True):
     return low, hi
 
 
+def _table_calls(d, backend, specs, scalars=None):
+    """{label: call} through flat.ops for every op and variant of ``specs``, arguments from ``d`` by
+    the short names of SHORT (``scalars`` may replace dt/lam)."""
+    calls = {}
+    for spec in specs:
+        for i, variant in enumerate(spec.variants):
+            args = tuple(None if a.name in variant else (scalars or d)[SHORT[a.name]] if a.name in ("dt", "lam")
+                         else d[SHORT[a.name]] for a in spec.args)
+            calls[variant_label(spec, i)] = lambda spec=spec, args=args: call_public(spec, args, backend)
+    return calls
+
+
 def _ops_calls(fo, d, backend):
-    return {
-        "sens_expand": lambda: fo.sens_expand(d["x"], d["S"], backend=backend),
-        "sens_reduce": lambda: fo.sens_reduce(d["k"], d["S"], backend=backend),
-        "sense_forward": lambda: fo.sense_forward(d["x"], d["S"], d["mask"], backend=backend),
-        "sense_adjoint": lambda: fo.sense_adjoint(d["k"], d["S"], d["mask"], backend=backend),
-        "normal": lambda: fo.normal(d["x"], d["S"], d["mask"], backend=backend),
-        "dc_gradient": lambda: fo.dc_gradient(d["x"], d["y"], d["S"], d["mask"], backend=backend),
-        "flow_step": lambda: fo.flow_step(d["x"], d["v"], d["y"], d["S"], d["mask"], d["dt"], d["lam"],
-                                          backend=backend),
-        "flow_step(ahy)": lambda: fo.flow_step(d["x"], d["v"], None, d["S"], d["mask"], d["dt"], d["lam"],
-                                               ahy=d["ahy"], backend=backend),
-        "kspace_flow_step": lambda: fo.kspace_flow_step(d["k"], d["x"], d["y"], d["S"], d["mask"], d["dt"],
-                                                        d["lam"], backend=backend),
-    }
+    return _table_calls(d, backend, ENGINE_OPS)
 
 
 GPU_SMALL = [(1, 3, 8, 8), (2, 4, 9, 7), (2, 2, 10, 12), (1, 3, 7, 10), (2, 3, 16, 46), (1, 2, 12, 367)]
@@ -454,7 +453,7 @@ def test_gpu_forward_real_sizes(shape, mask_kind):
 
     low, hi = _make(*shape, torch.complex64, mask_kind, DEV, seed=sum(shape))
     got, want = _ops_calls(fo, low, CUPY), _ops_calls(fo, hi, "reference")
-    for name in ("normal", "dc_gradient", "flow_step", "flow_step(ahy)", "kspace_flow_step"):
+    for name in BACKWARD_CASES:
         w = want[name]()
         assert_rel_close(got[name](), w, dtype=torch.complex64, name=f"cupy {name} {shape}")
         del w
@@ -471,7 +470,7 @@ def test_gpu_matches_triton(shape):
 
     low, _ = _make(*shape, torch.complex64, "column", DEV, seed=7)
     a, b = _ops_calls(fo, low, CUPY), _ops_calls(fo, low, "triton")
-    for name in ("normal", "dc_gradient", "flow_step", "flow_step(ahy)", "kspace_flow_step"):
+    for name in BACKWARD_CASES:
         assert_rel_close(a[name](), b[name](), rtol=2e-5, name=f"cupy vs triton {name}")
 
 
@@ -489,15 +488,7 @@ def _losses(fo, d, backend):
     """Scalar losses through every fused op, so backward reaches every input."""
     dt = d["dt"] if isinstance(d["dt"], torch.Tensor) else torch.tensor(d["dt"], device=d["x"].device)
     lam = torch.tensor(2.5, dtype=torch.float64, device=d["x"].device)
-    return {
-        "normal": lambda: fo.normal(d["x"], d["S"], d["mask"], backend=backend),
-        "dc_gradient": lambda: fo.dc_gradient(d["x"], d["y"], d["S"], d["mask"], backend=backend),
-        "flow_step": lambda: fo.flow_step(d["x"], d["v"], d["y"], d["S"], d["mask"], dt, lam, backend=backend),
-        "flow_step(ahy)": lambda: fo.flow_step(d["x"], d["v"], None, d["S"], d["mask"], dt, lam, ahy=d["ahy"],
-                                               backend=backend),
-        "kspace_flow_step": lambda: fo.kspace_flow_step(d["k"], d["x"], d["y"], d["S"], d["mask"], dt, lam,
-                                                        backend=backend),
-    }, (dt, lam)
+    return _table_calls(d, backend, BACKWARD_SPECS, scalars={"dt": dt, "lam": lam}), (dt, lam)
 
 
 @pytest.mark.gpu
@@ -526,7 +517,7 @@ def test_gpu_gradients_match_reference(shape, dtype, mask_kind):
             gs = torch.autograd.grad((out * w.conj()).real.sum(), leaves, allow_unused=True)
             grads[(backend, name)] = gs
     names = ("x", "v", "y", "k", "S", "ahy", "dt", "lam")
-    for name in ("normal", "dc_gradient", "flow_step", "flow_step(ahy)", "kspace_flow_step"):
+    for name in BACKWARD_CASES:
         for i, (a, b) in enumerate(zip(grads[(CUPY, name)], grads[("reference", name)])):
             assert (a is None) == (b is None), f"{name} grad {names[i]}: {a is None} vs {b is None}"
             if a is not None:
