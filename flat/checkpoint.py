@@ -32,17 +32,23 @@ BEST_FILE = "best.pt"  # the weights + config of the best validation SSIM so far
 _BOOKKEEPING = ("threads", "log_every", "checkpoint_every", "val_every", "workers")
 
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """``torch.load(weights_only=True)`` with errors that name the file."""
+def load_weights_only(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(weights_only=True)`` (no code runs from the file) with one-line errors that
+    name the file; ``what`` starts the message ("checkpoint", "varnet", ...)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: no such file: {path}")
+        raise FileNotFoundError(f"{what}: no such file: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code objects, ...
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip: anything else is not one of ours
-            raise ValueError(f"checkpoint: {path}: not a torch checkpoint file (empty, truncated or "
-                             "corrupt?)") from None
-        raise ValueError(f"checkpoint: cannot load {path} safely (weights_only): {exc}") from None
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip: anything else is not a torch file
+            raise ValueError(f"{what}: {path}: not a torch checkpoint file (empty, truncated or "
+                             "corrupt?; read with weights_only=True)") from None
+        raise ValueError(f"{what}: cannot load {path} safely (weights_only): {exc}") from None
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A FLAT checkpoint, loaded with :func:`load_weights_only`."""
+    ckpt = load_weights_only(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("kind") not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint: {path} is not a FLAT checkpoint (expected kind in {CHECKPOINT_KINDS})")
     return ckpt

@@ -67,7 +67,7 @@ def check_backend(backend, flag: str = "--backend") -> None:
     import flat.ops as fo
 
     if backend not in fo.available_backends():
-        raise ValueError(f"{flag} {backend!r} is not available here (available: "
+        raise ValueError(f"{flag} {backend}: not available here (available: "
                          f"{', '.join(fo.available_backends())}, auto)")
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 import flat.ops as fo
 from flat.ops.backends import BackendUnavailableError, resolve
 from flat.coils import MAP_METHODS, estimate_maps, read_sens_maps
-from flat.checks import check_device, check_mask_feasible, check_output_not_input
+from flat.checks import check_backend, check_device, check_mask_feasible, check_output_not_input
 from flat.data.fastmri import DataError, list_h5_files, nonfinite_slices, read_volume, read_volume_info
 from flat.data.masks import apply_mask, create_mask_for_mask_type, num_low_frequencies_from_mask, volume_seed
 from flat.data.transforms import center_crop, output_crop_size, padding_mask
@@ -251,6 +251,7 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
     except ValueError as exc:
         raise ValueError(f"--accelerations / --center-fractions: {exc}") from None
     dev = check_device(device) or torch.device("cpu")
+    check_backend(backend)  # an unknown or absent backend named by its flag, before the device check
     try:
         chosen = resolve(backend, dev.type)  # a backend that cannot run on the device: refused now
     except BackendUnavailableError as exc:
@@ -261,12 +262,6 @@ def recon_files(checkpoint: str, data: Path, out: Path, *, method: str = "flat",
         raise ValueError("--compile and --cuda-graphs: choose one")
     if cuda_graphs and dev.type != "cuda":
         raise ValueError(f"--cuda-graphs: CUDA graphs need --device cuda[:N], got --device {device}")
-    if backend is not None:
-        if backend not in fo.available_backends() and backend != "auto":
-            raise ValueError(
-                f"--backend {backend!r} is not available here (available: {', '.join(fo.available_backends())})"
-            )
-
     if not data.exists():
         raise DataError(f"{data}: no such file or folder (DATA)")
     files = list_h5_files(data)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flat.checkpoint import load_weights_only
 from flat.model.unet import sinusoidal_embedding
 
 # ---------------------------------------------------------------- inputs in either layout
@@ -321,10 +322,7 @@ def _state_dict(path_or_state_dict, map_location="cpu") -> dict:
         path = os.fspath(path_or_state_dict)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"varnet: no such state dict file: {path}")
-        try:
-            sd = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # corrupt, or a pickle with code objects
-            raise ValueError(f"varnet: cannot load {path} safely (weights_only): {exc}") from None
+        sd = load_weights_only(path, "varnet", map_location)
         if isinstance(sd, Mapping) and "state_dict" in sd and not any(k.startswith("cascades.") for k in sd):
             sd = sd["state_dict"]  # a Lightning checkpoint of fastMRI's VarNetModule
         if not isinstance(sd, Mapping):
