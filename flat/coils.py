@@ -13,6 +13,21 @@ from typing import Optional, Sequence, Union
 import torch
 
 
+def centre_widths(num_low_frequencies, batch: int) -> list[int]:
+    """Fully sampled centre widths, one per sample, from an int, a list or a tensor of 1 or B values."""
+    if isinstance(num_low_frequencies, torch.Tensor):
+        nl = [int(v) for v in num_low_frequencies.reshape(-1).tolist()]
+    elif isinstance(num_low_frequencies, (list, tuple)):
+        nl = [int(v) for v in num_low_frequencies]
+    else:
+        nl = [int(num_low_frequencies)]
+    if len(nl) == 1:
+        nl = nl * batch
+    if len(nl) != batch:
+        raise ValueError(f"num_low_frequencies: {len(nl)} values for a batch of {batch}")
+    return nl
+
+
 def acs_block(num_cols: int, num_low: int) -> tuple[int, int]:
     """``(start, stop)`` of fastMRI's fully sampled centre block of ``num_low`` columns."""
     start = (num_cols - num_low + 1) // 2
@@ -60,16 +75,7 @@ def estimate_sens_acs(
     if k.ndim != 4:
         raise ValueError(f"masked_kspace: expected (B, C, H, W), got shape {tuple(k.shape)}")
     B, C, H, W = k.shape
-    if isinstance(num_low_frequencies, torch.Tensor):
-        nl = [int(v) for v in num_low_frequencies.reshape(-1).tolist()]
-    elif isinstance(num_low_frequencies, (list, tuple)):
-        nl = [int(v) for v in num_low_frequencies]
-    else:
-        nl = [int(num_low_frequencies)]
-    if len(nl) == 1:
-        nl = nl * B
-    if len(nl) != B:
-        raise ValueError(f"num_low_frequencies: {len(nl)} values for a batch of {B}")
+    nl = centre_widths(num_low_frequencies, B)
     if window not in (None, "hann", "tukey"):
         raise ValueError(f"window: expected None, 'hann' or 'tukey', got {window!r}")
 

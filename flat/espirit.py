@@ -18,21 +18,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from flat.coils import acs_block
-
-
-def _widths(num_low_frequencies, batch: int) -> list[int]:
-    if isinstance(num_low_frequencies, torch.Tensor):
-        nl = [int(v) for v in num_low_frequencies.reshape(-1).tolist()]
-    elif isinstance(num_low_frequencies, (list, tuple)):
-        nl = [int(v) for v in num_low_frequencies]
-    else:
-        nl = [int(num_low_frequencies)]
-    if len(nl) == 1:
-        nl = nl * batch
-    if len(nl) != batch:
-        raise ValueError(f"num_low_frequencies: {len(nl)} values for a batch of {batch}")
-    return nl
+from flat.coils import acs_block, centre_widths
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -151,7 +137,7 @@ def espirit_maps(
         raise ValueError(f"calib_rows: must be >= 1 or None, got {calib_rows}")
     rows = H if calib_rows is None else min(int(calib_rows), H)
     r0 = (H - rows + 1) // 2  # centred like the ACS columns
-    nl = _widths(num_low_frequencies, B)
+    nl = centre_widths(num_low_frequencies, B)
 
     maps, eigs = [], []
     for b in range(B):

@@ -272,7 +272,8 @@ def _resolve(fn):
     return fn
 
 
-def _signature(fn, ptr, consts):
+def triton_signature(fn, ptr, consts):
+    """Triton's compile signature of a kernel: constexprs, i32 sizes, i32 index pointers, data pointers."""
     ints = {"B", "C", "H", "W", "N2", "MB", "MH"}
     sig = {}
     for a in fn.arg_names:
@@ -300,7 +301,7 @@ def compile_triton(fn, ptr: str, consts: dict, num_warps: int, arch: int = 90, n
     triton.knobs.nvidia.dump_ptxas_log = True
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        k = triton.compile(ASTSource(fn=fn, signature=_signature(fn, ptr, consts), constexprs=consts),
+        k = triton.compile(ASTSource(fn=fn, signature=triton_signature(fn, ptr, consts), constexprs=consts),
                            target=GPUTarget("cuda", arch, 32),
                            options=dict(num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages})))
     res = dict(_ptxas_log(buf.getvalue()), shared=int(k.metadata.shared), threads=32 * num_warps)

@@ -18,6 +18,8 @@ import re
 import subprocess
 import tempfile
 
+from flat_kernels.roofline import triton_signature
+
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 
@@ -59,21 +61,6 @@ def _variants():
     return out
 
 
-def _signature(fn, ptr, consts):
-    ints = {"B", "C", "H", "W", "MB", "MH"}
-    sig = {}
-    for a in fn.arg_names:
-        if a in consts:
-            sig[a] = "constexpr"
-        elif a in ints:
-            sig[a] = "i32"
-        elif a in ("idx_ptr", "cnt_ptr"):
-            sig[a] = "*i32"
-        else:
-            sig[a] = ptr
-    return sig
-
-
 def compile_report(arch: int = 90, select: list[str] | None = None) -> list[dict]:
     """One row per kernel variant (``select``: keep labels containing any of these substrings)."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -89,7 +76,7 @@ def compile_report(arch: int = 90, select: list[str] | None = None) -> list[dict
             continue
         row = dict(kernel=label, num_warps=nw)
         try:
-            k = triton.compile(ASTSource(fn=fn, signature=_signature(fn, ptr, consts), constexprs=consts),
+            k = triton.compile(ASTSource(fn=fn, signature=triton_signature(fn, ptr, consts), constexprs=consts),
                                target=GPUTarget("cuda", arch, 32), options={"num_warps": nw})
             row["shared"] = int(k.metadata.shared)
             with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
