@@ -57,23 +57,15 @@ def read_cfl(base: str) -> np.ndarray:
 def build_brain(nifti: Path, out: Path, seed: int = 7) -> list[Path]:
     """Held-out brain volumes at 128 x 128 (8 coils) and 160 x 160 (12 coils), simulated like the
     demo data (same coils model, phase, noise level) from slabs the demo never uses."""
-    from skimage.transform import resize
-
-    from flat.data.demo import (ACQUISITION, ASSET_FOV_MM, ASSET_SIZE, _slice, demo_sizes, ismrmrd_header,
-                                read_nifti, simulate_volume, write_fastmri_file)
+    from flat.data.demo import (ACQUISITION, ASSET_FOV_MM, asset_slice, demo_sizes, ismrmrd_header, read_nifti,
+                                simulate_volume, write_fastmri_file)
 
     vol = read_nifti(nifti).astype(np.float64)
     paths = []
     for vi, (name, orient, first, stop, step) in enumerate(HELDOUT_BRAIN):
         mags = []
         for i in range(first, stop, step):
-            s = _slice(vol, orient, i)
-            n = int(ASSET_FOV_MM)
-            pad = np.zeros((n, n))
-            t, l = (n - s.shape[0]) // 2, (n - s.shape[1]) // 2
-            pad[t:t + s.shape[0], l:l + s.shape[1]] = s
-            r = resize(pad, (ASSET_SIZE, ASSET_SIZE), order=3, anti_aliasing=True, mode="constant")
-            mags.append(np.clip(np.rint(r), 0, 255))
+            mags.append(asset_slice(vol, orient, i))
         mags = np.stack(mags)
         mags *= 255.0 / max(mags.max(), 1.0)  # the shipped slices use the full uint8 range too
         for matrix, coils in ((128, 8), (160, 12)):

@@ -103,12 +103,24 @@ def _slice(vol: np.ndarray, orientation: str, i: int) -> np.ndarray:
     return vol[::-1, :, i]
 
 
+def asset_slice(vol: np.ndarray, orient: str, i: int) -> np.ndarray:
+    """Slice ``i`` of the 1 mm atlas volume in ``orient``, centred on the field of view and resampled
+    to ASSET_SIZE² (cubic, anti-aliased), rounded and clipped to the 0–255 range of the shipped assets."""
+    from skimage.transform import resize
+
+    s = _slice(vol, orient, i)
+    n = int(ASSET_FOV_MM)
+    pad = np.zeros((n, n))
+    t, l = (n - s.shape[0]) // 2, (n - s.shape[1]) // 2
+    pad[t : t + s.shape[0], l : l + s.shape[1]] = s
+    r = resize(pad, (ASSET_SIZE, ASSET_SIZE), order=3, anti_aliasing=True, mode="constant")
+    return np.clip(np.rint(r), 0, 255)
+
+
 def build_assets(nifti_path, out_path=ASSET_FILE) -> Path:
     """Extract the slices of :data:`VOLUMES` from the Colin27 NIfTI into the shipped ``.npz``
     (each slice zero-padded to a 220 mm square, resized with anti-aliasing to 160 x 160, uint8).
     Needs scikit-image. This is how ``assets/colin27_slices.npz`` was made."""
-    from skimage.transform import resize
-
     from flat.io import atomic_path
 
     vol = read_nifti(nifti_path).astype(np.float64)
@@ -116,13 +128,7 @@ def build_assets(nifti_path, out_path=ASSET_FILE) -> Path:
     for _, name, orient, first, stop, step in VOLUMES:
         stack = []
         for i in range(first, stop, step):
-            s = _slice(vol, orient, i)
-            n = int(ASSET_FOV_MM)
-            pad = np.zeros((n, n))
-            t, l = (n - s.shape[0]) // 2, (n - s.shape[1]) // 2
-            pad[t : t + s.shape[0], l : l + s.shape[1]] = s
-            r = resize(pad, (ASSET_SIZE, ASSET_SIZE), order=3, anti_aliasing=True, mode="constant")
-            stack.append(np.clip(np.rint(r), 0, 255).astype(np.uint8))
+            stack.append(asset_slice(vol, orient, i).astype(np.uint8))
         arrays[name] = np.stack(stack)
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as f:
