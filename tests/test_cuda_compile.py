@@ -24,7 +24,10 @@ MAX_REGISTERS = 128  # a fused element-wise kernel needing more has gone wrong (
 # (FLAT_ROW_THREADS): complex64 must stay at <= 128 registers so that two blocks share an SM's 64K
 # registers (the shared-memory plan of flat_kernels/cupy/_engine.py:row_plan assumes it);
 # complex128 runs one block per SM and may use what __launch_bounds__(256) allows (255).
-REGISTER_CAPS = {"flat_row_step_c64": 128, "flat_row_step_c128": 255}
+# The fused backward (flat_row_grad_*, same file) has the same budgets: row_plan(kernel="row_grad")
+# also sizes its shared memory for two complex64 blocks per SM.
+REGISTER_CAPS = {"flat_row_step_c64": 128, "flat_row_step_c128": 255,
+                 "flat_row_grad_c64": 128, "flat_row_grad_c128": 255}
 
 _KERNEL = r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(?!__launch_bounds__)'
 _FUNC = re.compile(r"Function properties for (\w+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, "
@@ -76,15 +79,17 @@ def test_every_shipped_kernel_is_checked():
     found = set()
     for src in SOURCES:
         found |= _expected_kernels(src.read_text())
-    for name in ("prologue", "mask_apply", "reduce_epilogue", "kspace_epilogue", "grad_sens", "row_step"):
+    for name in ("prologue", "mask_apply", "reduce_epilogue", "kspace_epilogue", "grad_sens", "row_step",
+                 "row_grad"):
         for suf in ("c64", "c128"):
             assert f"flat_{name}_{suf}" in found, f"flat_{name}_{suf} is not compiled by this test"
     assert set(REGISTER_CAPS) <= found
 
 
 def test_row_kernel_fits_at_fastmri_sizes():
-    """Shared memory of the row kernel at knee (15x368), brain (20x320) and C = 32: within the 227 KB
-    opt-in of sm_90 in both precisions, with two blocks per SM (113 KB each) for complex64."""
+    """Shared memory of the row kernels (forward and fused backward) at knee (15x368), brain (20x320)
+    and C = 32: within the 227 KB opt-in of sm_90 in both precisions, with two blocks per SM (113 KB
+    each) for complex64."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("flat_cupy_engine_compile", ROOT / "flat_kernels" / "cupy" / "_engine.py")
@@ -97,3 +102,8 @@ def test_row_kernel_fits_at_fastmri_sizes():
         p128 = eng.row_plan(C, W, 16, (optin,))
         assert p128 is not None and p128["smem_bytes"] <= optin, (C, W, p128)
         assert p64["Cg"] * p64["chunks"] >= C and p128["Cg"] * p128["chunks"] >= C
+        # the fused backward (both projections in shared memory) fits too, two complex64 blocks per SM
+        g64 = eng.row_plan(C, W, 8, (two_per_sm, optin), kernel="row_grad")
+        assert g64 is not None and g64["smem_bytes"] <= two_per_sm, (C, W, g64)
+        g128 = eng.row_plan(C, W, 16, (optin,), kernel="row_grad")
+        assert g128 is not None and g128["smem_bytes"] <= optin, (C, W, g128)

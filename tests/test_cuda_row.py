@@ -98,7 +98,14 @@ extern "C" void flat_sim_row_step_c64(unsigned gx, unsigned gy, unsigned bx, uns
 extern "C" void flat_sim_row_step_c128(unsigned gx, unsigned gy, unsigned bx, unsigned long smem, void** argv) {
     flat_sim_launch(flat_row_step_c128, gx, gy, bx, smem, argv);
 }
+extern "C" void flat_sim_row_grad_c64(unsigned gx, unsigned gy, unsigned bx, unsigned long smem, void** argv) {
+    flat_sim_launch(flat_row_grad_c64, gx, gy, bx, smem, argv);
+}
+extern "C" void flat_sim_row_grad_c128(unsigned gx, unsigned gy, unsigned bx, unsigned long smem, void** argv) {
+    flat_sim_launch(flat_row_grad_c128, gx, gy, bx, smem, argv);
+}
 """
+_ROW_OUTPUTS = ("out", "gx_out", "gs_out", "red_out")  # written by the row kernels, NaN before each launch
 
 
 def _cxx():
@@ -131,6 +138,11 @@ def libs(tmp_path_factory):
 ENG = _load_engine_module()
 
 
+def threads_ok(nt):
+    """The kernels' block reduction scratch (row_grad) is sized for FLAT_ROW_THREADS threads."""
+    return 1 <= nt <= ENG.ROW_THREADS
+
+
 class RowRuntime(NumpyRuntime):
     """NumpyRuntime plus the row-kernel launch (launch_rows / row_smem_limits) on the threaded shim."""
 
@@ -156,8 +168,11 @@ class RowRuntime(NumpyRuntime):
         }[dtype]
         sig = ENG.ROW_SIGNATURES[name]
         assert [k for k, _ in args] == [k for _, k in sig]
+        assert threads_ok(self.threads)
         vals = []
         for (pname, kind), (_, v) in zip(sig, args):
+            if pname in _ROW_OUTPUTS and v is not None:  # poisoned (rt.empty): an unwritten element stays NaN
+                assert np.isnan(v).all(), f"{name}.{pname}: output not poisoned before the launch"
             if kind in ("ptr", "rptr"):
                 if v is None:
                     vals.append(ctypes.c_void_p(None))
@@ -382,11 +397,12 @@ def test_row_kernel_dt_lam_gradients(case):
         if b is None:
             continue
         assert_rel_close(_t(a), b, rtol=RTOL[dtype], name=f"flow_step(ahy) grad[{i}]")
-    # with grad_S the projected coil stacks are needed: the cuFFT path, still correct
+    # with grad_S: the fused backward (row_grad), one launch, no coil stack, no cuFFT
     needs_s = (True, False, False, True, False, False, False, False)
     rt.launched.clear()
+    rt.fft_calls.clear()
     got = eng.flow_step_backward(L["g"], call_low, needs_s)
-    assert "row_step" not in rt.launched and "grad_sens" in rt.launched
+    assert rt.launched == ["row_grad"] and rt.fft_calls == [], (rt.launched, rt.fft_calls)
     want = ref.flow_step_backward(hi["g"], call_hi, needs_s)
     assert_rel_close(_t(got[0]), want[0], dtype=dtype, name="grad_x with grad_S")
     assert_rel_close(_t(got[3]), want[3], dtype=dtype, name="grad_S")
@@ -486,6 +502,17 @@ def test_model_launches_for_the_performance_model():
     (back,) = ENG.model_launches("flow_step_backward_x", 8, 20, 640, 320, "complex128")
     assert back["dram_bytes"] == 16 * 8 * (20 + 2) * 640 * 320 + 8 * 8 * 320 and back["smem_bytes"] <= 227 * 1024
     assert ENG.model_launches("normal", 1, 4, 8, 8192, "complex128") == []
+    # the fused backward with learned maps: S, x, g, v, Aᴴy read, grad_S and grad_x written, once each
+    (bs,) = ENG.model_launches("flow_step_backward_S", 1, 15, 640, 368, "complex64")
+    coil, img = 8 * 15 * 640 * 368, 8 * 640 * 368
+    assert bs["kernel"] == "flat_row_grad_c64" and (bs["coils_per_chunk"], bs["chunks"]) == (8, 2)
+    assert bs["dram_bytes"] == 2 * coil + 5 * img + 640 * 2 * 4 + 4 * 368  # + the row sums, the mask
+    (bq,) = ENG.model_launches("flow_step_backward_S_q", 1, 15, 640, 368, "complex64")
+    assert bq["dram_bytes"] == bs["dram_bytes"] + coil - img  # q read instead of Aᴴy
+    (nb,) = ENG.model_launches("normal_backward_S", 8, 20, 640, 320, "complex128")
+    assert nb["dram_bytes"] == 16 * 8 * (2 * 20 + 3) * 640 * 320 + 8 * 8 * 320 and nb["smem_bytes"] <= 227 * 1024
+    # two projections per coil: about twice the forward's flops and shared-memory traffic
+    assert 1.8 < bs["flops"] / knee["flops"] < 2.5 and 1.5 < bs["smem_wavefront_bytes"] / knee["smem_wavefront_bytes"] < 2.5
     with pytest.raises(ValueError, match="op"):
         ENG.model_launches("kspace_flow_step", 1, 4, 8, 8)
 
@@ -495,3 +522,215 @@ def test_row_kernel_can_be_switched_off(libs, monkeypatch):
     rt, out, want = _normal_case(libs, 2, 4, 3, 46, torch.complex64)
     assert "row_step" not in rt.launched and "prologue" in rt.launched
     assert_rel_close(_t(out), want, dtype=torch.complex64, name="FLAT_CUPY_ROW_KERNEL=0")
+
+
+# ====================================================================== the fused backward (grad_S)
+# grad_S with a column mask is one launch of flat_row_grad (row_step.cu, docs/row_kernel.md "The fused
+# backward"): P(S_c x) and P(S_c g) per coil chunk in shared memory, grad_S written once, grad_x and
+# the grad_dt/grad_lam row sums from the same pass. Checked against the reference backward (complex128
+# on the rounded inputs) and against autograd through the oracle (tests/oracle.py: literal 2-D centered
+# transforms, an independent derivation of every gradient).
+#
+# Tolerances: the forward's AᴴA x measures 2–3e-7 relative in complex64 (docs/row_kernel.md, "The
+# FFT"); each grad_S term is one such projection times an input, and grad_x one such AᴴA g, so the
+# gradients carry the same error: the worst over GRAD_CASES is 4.1e-7 (grad_S) and 2.9e-7 (grad_x),
+# and 1e-6 leaves a factor 2.4. grad_dt/grad_lam are real sums over B·H·W products with the
+# residual, accumulated in float32 by the kernel and then differenced (grad_dt = gv − lam·gr cancels
+# part of its magnitude): worst 2.0e-6, so they get the suite's complex64 tolerance 1e-5
+# (tests/helpers.py). complex128: worst 1.1e-14 (grad_lam; 1.0e-15 grad_S) — rounding of ~1e-16 per
+# operation through four transforms and a sum — so 1e-12 for every gradient.
+GRAD_RTOL = {torch.complex64: 1e-6, torch.complex128: 1e-12}
+SCALAR_RTOL = {torch.complex64: 1e-5, torch.complex128: 1e-12}
+
+GRAD_CASES = [  # B, C, H, W, dtype, per-sample mask, threads, coils per chunk (None: the Hopper plan)
+    (1, 15, 2, 368, torch.complex64, False, 64, None),   # knee: 2 chunks of 8 (Hopper, two blocks/SM)
+    (1, 15, 2, 368, torch.complex128, True, 64, None),   # knee c128: 2 chunks of 8
+    (1, 20, 2, 320, torch.complex64, True, 64, None),    # brain: 3 chunks of 7
+    (1, 20, 1, 320, torch.complex128, False, 64, None),  # brain c128: 3 chunks of 7
+    (2, 4, 3, 7, torch.complex128, True, 7, 3),          # odd prime W, 7 threads (tree over 7)
+    (2, 4, 3, 45, torch.complex64, False, 32, 3),        # odd W 3·3·5, chunks of 3 + 1
+    (2, 4, 2, 202, torch.complex64, True, 32, 2),        # 2·101: direct-DFT first stage (no fold)
+    (1, 4, 2, 367, torch.complex128, False, 64, 3),      # prime W: one direct-DFT stage
+    (1, 4, 2, 367, torch.complex64, True, 64, 4),
+    (2, 3, 2, 46, torch.complex128, True, 5, 1),         # one coil per chunk, 5 threads
+    (1, 2, 2, 256, torch.complex64, False, 32, None),    # 16·16
+    (2, 6, 3, 10, torch.complex64, True, 3, 4),          # W % 4 == 2, 3 threads, chunks 4 + 2
+    (2, 3, 2, 1, torch.complex128, True, 4, 2),          # W = 1: no FFT stage
+]
+
+
+def _grad_id(c):
+    B, C, H, W, dt, per, nt, cg = c
+    return f"{B}x{C}x{H}x{W}-c{str(dt)[-3:].lstrip('x')}-{'mb' if per else 'm1'}-t{nt}-cg{cg or 'hopper'}"
+
+
+def _grad_limits(C, W, dtype, cg):
+    """Shared-memory budgets giving row_grad `cg` coils per chunk, or Hopper's when cg is None."""
+    cb = 8 if dtype == torch.complex64 else 16
+    if cg is None:
+        return ENG.HOPPER_SMEM_LIMITS["complex64" if cb == 8 else "complex128"]
+    ld, real = ENG.row_ld(W), cb // 2
+    fixed = 5 * W * cb + W * real + 2 * ENG.ROW_THREADS * real
+    return (fixed + cg * (W + 3 * ld) * cb,)
+
+
+def _oracle_backward(op, hi, g):
+    """Autograd through the oracle: gradients of Re Σ conj(g)·out for x, S, v, ahy, dt, lam."""
+    leaves = {n: hi[n].clone().requires_grad_(True) for n in ("x", "S", "v", "ahy", "dt", "lam")}
+    M2 = torch.from_numpy(np.array(_omask(hi)))  # a writable copy
+    x, S, v, ahy, dt, lam = (leaves[n] for n in ("x", "S", "v", "ahy", "dt", "lam"))
+    out = {
+        "normal": lambda: oracle.normal(x, S, M2),
+        "dc_gradient": lambda: oracle.dc_gradient(x, hi["y"], S, M2),
+        "flow_step": lambda: oracle.flow_step(x, v, hi["y"], S, M2, dt, lam),
+        "flow_step(ahy)": lambda: oracle.flow_step(x, v, None, S, M2, dt, lam, ahy=ahy),
+    }[op]()
+    names = list(leaves)
+    grads = torch.autograd.grad((out * g.conj()).real.sum(), [leaves[n] for n in names], allow_unused=True)
+    return dict(zip(names, grads))
+
+
+@pytest.fixture(params=GRAD_CASES, ids=[_grad_id(c) for c in GRAD_CASES])
+def grad_case(request, libs):
+    B, C, H, W, dtype, per, nt, cg = request.param
+    low, hi = _inputs(B, C, H, W, dtype, per, seed=3 * W + C)
+    rt = RowRuntime(*libs, threads=nt, limits=_grad_limits(C, W, dtype, cg))
+    eng = ENG.Engine(rt)
+    plan = eng._row_plan(_np(low["S"]), _np(low["mask"]), "row_grad")
+    assert plan is not None
+    if cg is not None:
+        assert plan["Cg"] <= cg and plan["chunks"] == -(-C // cg), plan
+    return eng, rt, low, hi, dtype, plan
+
+
+def test_row_grad_sens_matches_reference_and_oracle(grad_case):
+    """grad_S, grad_x (and for flow_step grad_dt, grad_lam) of every column-mask op, fused route."""
+    eng, rt, low, hi, dtype, plan = grad_case
+    B, C, H, W = low["S"].shape
+    if W > 1 and C >= 15:  # the Hopper plans of the brief: knee 2 chunks of 8, brain 3 chunks of 7
+        assert (plan["Cg"], plan["chunks"]) == {(15, 368): (8, 2), (20, 320): (7, 3)}[(C, W)], plan
+    L = {n: _np(t) for n, t in low.items()}
+    g = hi["g"]
+    calls = {  # op: (engine inputs, reference inputs, needs, index of grad_S, index of grad_x)
+        "normal": ((L["x"], L["S"], L["mask"]), (hi["x"], hi["S"], hi["mask"]), (True, True, False)),
+        "dc_gradient": ((L["x"], L["y"], L["S"], L["mask"]), (hi["x"], hi["y"], hi["S"], hi["mask"]),
+                        (True, False, True, False)),
+        "flow_step": ((L["x"], L["v"], L["y"], L["S"], L["mask"], L["dt"], L["lam"], None),
+                      (hi["x"], hi["v"], hi["y"], hi["S"], hi["mask"], hi["dt"], hi["lam"], None),
+                      (True, True, False, True, False, True, True, False)),
+        "flow_step(ahy)": ((L["x"], L["v"], None, L["S"], L["mask"], L["dt"], L["lam"], L["ahy"]),
+                           (hi["x"], hi["v"], None, hi["S"], hi["mask"], hi["dt"], hi["lam"], hi["ahy"]),
+                           (True, True, False, True, False, True, True, True)),
+    }
+    # which engine output is which oracle leaf
+    slots = {"normal": {0: "x", 1: "S"}, "dc_gradient": {0: "x", 2: "S"},
+             "flow_step": {0: "x", 1: "v", 3: "S", 5: "dt", 6: "lam"},
+             "flow_step(ahy)": {0: "x", 1: "v", 3: "S", 5: "dt", 6: "lam", 7: "ahy"}}
+    for name, (c_low, c_hi, needs) in calls.items():
+        op = name.split("(")[0]
+        rt.launched.clear()
+        rt.fft_calls.clear()
+        got = getattr(eng, op + "_backward")(L["g"], c_low, needs)
+        # one pass over S: no coil stack through cuFFT; only q = ifft2c(M y) (Aᴴy from y) takes a 2-D FFT
+        with_q = op == "dc_gradient" or name == "flow_step"
+        assert rt.launched == (["prologue", "row_grad"] if with_q else ["row_grad"]), (name, rt.launched)
+        assert rt.fft_calls == ([(-2, -1)] if with_q else []), (name, rt.fft_calls)
+        want = getattr(ref, op + "_backward")(g, c_hi, needs)
+        orc = _oracle_backward(name, hi, g)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert (a is None) == (b is None), (name, i)
+            if b is None:
+                continue
+            leaf = slots[name][i]
+            tol = (SCALAR_RTOL if leaf in ("dt", "lam") else GRAD_RTOL)[dtype]
+            assert_rel_close(_t(a), b, rtol=tol, name=f"{name} grad_{leaf} vs reference")
+            assert_rel_close(_t(a), orc[leaf], rtol=tol, name=f"{name} grad_{leaf} vs oracle")
+
+
+def test_row_grad_only_grad_s_and_with_grad_y(libs):
+    """needs = grad_S alone (no grad_x, no row sums written), and grad_y (k-space, cuFFT) beside it."""
+    low, hi = _inputs(2, 5, 3, 12, torch.complex64, True, seed=9)
+    L = {n: _np(t) for n, t in low.items()}
+    rt = RowRuntime(*libs, threads=16, limits=_grad_limits(5, 12, torch.complex64, 2))
+    eng = ENG.Engine(rt)
+    c_low = (L["x"], L["v"], L["y"], L["S"], L["mask"], L["dt"], L["lam"], None)
+    c_hi = (hi["x"], hi["v"], hi["y"], hi["S"], hi["mask"], hi["dt"], hi["lam"], None)
+    for needs in ((False, False, False, True, False, False, False, False),
+                  (True, True, True, True, False, False, True, False)):
+        rt.launched.clear()
+        got = eng.flow_step_backward(L["g"], c_low, needs)
+        assert rt.launched.count("row_grad") == 1 and not {"grad_sens", "mask_apply", "row_step"} & set(rt.launched)
+        want = ref.flow_step_backward(hi["g"], c_hi, needs)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert (a is None) == (b is None), (needs, i)
+            if b is not None:
+                assert_rel_close(_t(a), b, rtol=SCALAR_RTOL[torch.complex64] if i >= 5 else GRAD_RTOL[torch.complex64],
+                                 name=f"grad[{i}] needs={needs}")
+    low, hi = _inputs(1, 3, 4, 9, torch.complex128, False, seed=4)
+    L = {n: _np(t) for n, t in low.items()}
+    rt = RowRuntime(*libs, threads=16)
+    eng = ENG.Engine(rt)
+    got = eng.dc_gradient_backward(L["g"], (L["x"], L["y"], L["S"], L["mask"]), (False, True, True, False))
+    want = ref.dc_gradient_backward(hi["g"], (hi["x"], hi["y"], hi["S"], hi["mask"]), (False, True, True, False))
+    assert got[0] is None and "row_grad" in rt.launched and "grad_sens" not in rt.launched
+    assert_rel_close(_t(got[1]), want[1], rtol=GRAD_RTOL[torch.complex128], name="dc_gradient grad_y")
+    assert_rel_close(_t(got[2]), want[2], rtol=GRAD_RTOL[torch.complex128], name="dc_gradient grad_S")
+
+
+def test_row_grad_strided_grid(libs):
+    """A grid smaller than (H, B): every row of every sample gets its grad_S, grad_x and row sums."""
+    low, hi = _inputs(3, 4, 5, 10, torch.complex128, True, seed=8)
+    L = {n: _np(t) for n, t in low.items()}
+    rt = RowRuntime(*libs, threads=6, grid=(2, 2), limits=_grad_limits(4, 10, torch.complex128, 3))
+    needs = (True, False, False, True, False, True, True, False)
+    c_low = (L["x"], L["v"], None, L["S"], L["mask"], L["dt"], L["lam"], L["ahy"])
+    got = ENG.Engine(rt).flow_step_backward(L["g"], c_low, needs)
+    assert rt.launched == ["row_grad"]
+    want = ref.flow_step_backward(hi["g"], (hi["x"], hi["v"], None, hi["S"], hi["mask"], hi["dt"], hi["lam"],
+                                            hi["ahy"]), needs)
+    for i in (0, 3, 5, 6):
+        assert_rel_close(_t(got[i]), want[i], rtol=GRAD_RTOL[torch.complex128], name=f"strided grad[{i}]")
+
+
+def test_row_grad_falls_back_to_cufft_when_it_does_not_fit(libs):
+    """A budget that holds the forward's row but not row_grad's: grad_S on the cuFFT path, still right."""
+    W, C = 46, 4
+    low, hi = _inputs(2, C, 3, W, torch.complex64, True, seed=6)
+    L = {n: _np(t) for n, t in low.items()}
+    fwd = ENG.row_plan(1, W, 8, (1 << 30,))["smem_bytes"]  # one coil of row_step
+    assert ENG.row_plan(C, W, 8, (fwd,), kernel="row_grad") is None
+    rt = RowRuntime(*libs, threads=16, limits=(fwd,))
+    needs = (True, True, False)
+    got = ENG.Engine(rt).normal_backward(L["g"], (L["x"], L["S"], L["mask"]), needs)
+    assert "row_grad" not in rt.launched and "grad_sens" in rt.launched
+    want = ref.normal_backward(hi["g"], (hi["x"], hi["S"], hi["mask"]), needs)
+    assert_rel_close(_t(got[0]), want[0], rtol=GRAD_RTOL[torch.complex64], name="fallback grad_x")
+    assert_rel_close(_t(got[1]), want[1], rtol=GRAD_RTOL[torch.complex64], name="fallback grad_S")
+
+
+def test_row_grad_not_used_for_2d_masks(libs):
+    low, hi = _inputs(1, 3, 6, 8, torch.complex128, False, seed=1)
+    m2 = (torch.rand(1, 6, 8, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    rt = RowRuntime(*libs)
+    got = ENG.Engine(rt).normal_backward(_np(low["g"]), (_np(low["x"]), _np(low["S"]), _np(m2)), (True, True, False))
+    assert "row_grad" not in rt.launched and "grad_sens" in rt.launched
+    want = ref.normal_backward(hi["g"], (hi["x"], hi["S"], m2), (True, True, False))
+    assert_rel_close(_t(got[1]), want[1], rtol=GRAD_RTOL[torch.complex128], name="2-D mask grad_S")
+
+
+def test_row_grad_plan_chunks():
+    """row_grad holds both projections (three FFT buffers, two more W rows, the block reduction), so
+    its coil chunks are smaller than the forward's; knee and brain keep two blocks per SM in complex64."""
+    two, optin = ENG.HOPPER_SMEM_LIMITS["complex64"]
+    for (C, W), (cg64, ch64), (cg128, ch128) in (((15, 368), (8, 2), (8, 2)), ((20, 320), (7, 3), (7, 3))):
+        p = ENG.row_plan(C, W, 8, (two, optin), kernel="row_grad")
+        ld = ENG.row_ld(W)
+        assert p == {"Cg": cg64, "chunks": ch64, "ld": ld,
+                     "smem_bytes": 5 * W * 8 + W * 4 + 2 * 256 * 4 + cg64 * (W + 3 * ld) * 8}, p
+        assert p["smem_bytes"] <= two
+        q = ENG.row_plan(C, W, 16, (optin,), kernel="row_grad")
+        assert (q["Cg"], q["chunks"]) == (cg128, ch128) and q["smem_bytes"] <= optin
+        f = ENG.row_plan(C, W, 8, (two, optin))
+        assert (W + 3 * ld) > (W + 2 * ld) and p["Cg"] <= f["Cg"]
+    with pytest.raises(ValueError, match="kernel"):
+        ENG.row_plan(4, 8, 8, (1 << 20,), kernel="grad_sens")

@@ -526,6 +526,48 @@ def test_gpu_gradients_match_reference(shape, dtype, mask_kind):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shape,dtype", [((1, 15, 640, 368), torch.complex64), ((2, 20, 64, 320), torch.complex64),
+                                         ((2, 4, 9, 367), torch.complex128), ((2, 3, 8, 202), torch.complex64)],
+                         ids=["knee-c64", "brain-c64", "367-c128", "202-c64"])
+def test_gpu_fused_grad_sens_route(shape, dtype, monkeypatch):
+    """Column mask, learned maps: the backward of flow_step / normal is one flat_row_grad launch
+    (docs/row_kernel.md, "The fused backward") — recorded at the runtime — and its grad_x, grad_S,
+    grad_dt, grad_lam match the reference (the tolerances of test_gpu_gradients_match_reference)."""
+    import flat.ops as fo
+    from flat_kernels.cupy._runtime import CupyRuntime
+
+    launched = []
+    orig = CupyRuntime.launch_rows
+
+    def recording(self, name, *args, **kw):
+        launched.append(name)
+        return orig(self, name, *args, **kw)
+
+    monkeypatch.setattr(CupyRuntime, "launch_rows", recording)
+    low, _ = _make(*shape, dtype, "column", DEV, seed=5)
+    for case in ("flow_step(ahy)", "flow_step", "normal"):
+        grads = {}
+        for backend in (CUPY, "reference"):
+            d = {n: low[n].detach().clone().requires_grad_(True) for n in ("x", "v", "S", "ahy")}
+            dt = torch.tensor(0.2, dtype=torch.float64, device=DEV, requires_grad=True)
+            lam = torch.tensor(2.5, dtype=torch.float64, device=DEV, requires_grad=True)
+            if case == "normal":
+                out, leaves = fo.normal(d["x"], d["S"], low["mask"], backend=backend), [d["x"], d["S"]]
+            else:
+                ahy = d["ahy"] if case == "flow_step(ahy)" else None
+                y = None if ahy is not None else low["y"]
+                out = fo.flow_step(d["x"], d["v"], y, d["S"], low["mask"], dt, lam, ahy=ahy, backend=backend)
+                leaves = [d["x"], d["S"], dt, lam]
+            w = torch.randn(out.shape, dtype=out.dtype, device=DEV, generator=torch.Generator(device=DEV).manual_seed(1))
+            launched.clear()
+            grads[backend] = torch.autograd.grad((out * w.conj()).real.sum(), leaves)
+            if backend == CUPY:
+                assert launched.count("row_grad") == 1, (case, launched)  # the fused route, not cuFFT stacks
+        for i, (a, b) in enumerate(zip(grads[CUPY], grads["reference"])):
+            assert_rel_close(a, b, rtol=RTOL[dtype] * (10 if i >= 2 else 1), name=f"cupy fused {case} grad[{i}]")
+
+
+@pytest.mark.gpu
 def test_gpu_gradcheck_complex128():
     import flat.ops as fo
 

@@ -38,6 +38,10 @@
 // which makes the reads of the last stage, whose warps span two coil rows, fall on consecutive banks. Barriers are block-uniform (every loop bound below the
 // barriers depends only on kernel arguments), as __syncthreads requires.
 //
+// flat_row_grad (below flat_row_step) is the backward with learned maps in the same pass structure:
+// per coil chunk both projections P(S_c x) and P(S_c g) in shared memory, grad_S written once, grad_x
+// and the grad_dt/grad_lam row sums accumulated (docs/row_kernel.md, "The fused backward").
+//
 // Layout and conventions as flat_kernels/cuda/dc_fused.cu: C-contiguous interleaved complex, images
 // (B,H,W), coil stacks (B,C,H,W), column masks (Bm,1,W) real with Bm in {1,B}; optional pointers
 // come with a has_* flag (V, R0) and are never dereferenced when it is 0.
@@ -126,7 +130,8 @@ __device__ __forceinline__ bool flat_row_has_butterfly(int r) {
 //   FROW_IN_SMEM   in[row·N + i]                        (shared memory)
 //   FROW_IN_COILS  S[row, i]·xs[i] from global memory, S also kept in Ss (first forward stage)
 //   FROW_IN_MASK   in[row·N + i]·ms[i]                  (first inverse stage; masked entries +0)
-enum { FROW_IN_SMEM = 0, FROW_IN_COILS = 1, FROW_IN_MASK = 2 };
+//   FROW_IN_PROD   Ss[row, i]·xs[i] from shared memory (row_grad: the second projection, S·g)
+enum { FROW_IN_SMEM = 0, FROW_IN_COILS = 1, FROW_IN_MASK = 2, FROW_IN_PROD = 3 };
 
 template <typename T>
 struct frow_input {
@@ -138,8 +143,8 @@ struct frow_input {
     const T* ms;        // MASK
     const C* sg;        // COILS: S[b, c0, h, 0]; row stride sstride
     long long sstride;
-    const C* xs;        // COILS
-    C* ss;              // COILS
+    const C* xs;        // COILS, PROD
+    C* ss;              // COILS (written), PROD (read)
     // logical element i of coil row `row`; a = its offset in the (possibly padded) smem row
     __device__ __forceinline__ C load(int row, int i, int a, int N) const {
         if (mode == FROW_IN_COILS) {
@@ -147,6 +152,7 @@ struct frow_input {
             ss[row * N + i] = s;
             return frow_mul(s, xs[i]);
         }
+        if (mode == FROW_IN_PROD) return frow_mul(ss[row * N + i], xs[i]);
         C z = in[row * ld + a];
         if (mode == FROW_IN_MASK) {
             const T w = ms[i];
@@ -582,6 +588,226 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
     }
 }
 
+// nb coil rows projected: *res = P(z) = Fᴴ(ms ⊙ F z), ms carrying the 1/W of the inverse. The first
+// forward stage reads through `in` (FROW_IN_COILS / FROW_IN_PROD), or from b1 when in.mode is
+// FROW_IN_SMEM (a prologue wrote z there: a direct-DFT first stage, or W = 1). The result is left in
+// b0 or b1; nothing else is touched (row_grad keeps the first projection in a third buffer).
+template <typename T>
+__device__ __forceinline__ void frow_project(frow_input<T> in, typename frow_complex<T>::type* b0,
+                             typename frow_complex<T>::type* b1, typename frow_complex<T>::type** res,
+                             const typename frow_complex<T>::type* tw, int W, int ld, int nb) {
+    typedef typename frow_complex<T>::type C;
+    if (in.mode == FROW_IN_SMEM) in.in = b1;
+    if (W > 1) {
+        C* u = b0;
+        frow_fft<T>(in, b0, b1, &u, tw, W, ld, nb, 0);  // u = F z (in b0 or b1)
+        in.mode = FROW_IN_MASK;
+        in.in = u;
+        in.pb = 0;
+        frow_fft<T>(in, u == b0 ? b1 : b0, u, res, tw, W, ld, nb, 1);  // Fᴴ(ms ⊙ u)
+    } else {
+        in.mode = FROW_IN_MASK;
+        for (int e = (int)threadIdx.x; e < nb; e += (int)blockDim.x) b0[e * ld] = in.load(e, 0, 0, 1);
+        __syncthreads();
+        *res = b0;
+    }
+}
+
+// The backward with learned maps in one pass (row_grad; docs/row_kernel.md, "The fused backward").
+// With P = F_Wᴴ diag(ifftshift(m)/W) F_W per row and the forward out = [has_x]·x + a·v − c·(AᴴA x − r0)
+// (r0 = Aᴴy = Σ_c conj(S_c)·q_c when it is computed from y, so it depends on S), torch's convention
+// for complex gradients (the conjugate Wirtinger derivative of a real loss; docs/operators.md,
+// "Backward") gives, for the output gradient g,
+//
+//     grad_S_c = −c·[(P(S_c x) − [has_q]·q_c)·conj(g) + conj(x)·P(S_c g)]
+//     grad_x   = [has_x]·g − c·Σ_c conj(S_c)·P(S_c g)                       (AᴴA is Hermitian)
+//     r        = Σ_c conj(S_c)·(P(S_c x) − [has_q]·q_c) − [has_r0]·R0          (= AᴴA x − Aᴴy)
+//     red[b,h] = (Re Σ_w conj(g)·r, Re Σ_w conj(g)·v)                         (grad_lam, grad_dt)
+//
+// the same terms as flat_grad_sens of dc_fused.cu (k = −c there, U = P(S x), Wb = P(S g)). Per row:
+// load x, g (and the mask row) into shared memory; per coil chunk, project S·x (the first stage reads
+// S from global memory and keeps it in Ss, as flat_row_step) and S·g (read from Ss) into two of three
+// FFT buffers, then for the columns a thread owns write grad_S for the chunk's coils (once, coalesced)
+// and accumulate Σ conj(S)·P(S g) (and Σ conj(S)·(P(S x) − q)) in a fixed coil order; after the last
+// chunk write grad_x and the two per-row sums (a fixed-order tree over the block: deterministic).
+// q (unscaled IFFT2 of ifftshift(M ⊙ y) from cuFFT, read fftshift-ed: row (h + qshH) mod H, column
+// (w + qshW) mod W, times sq, as flat_grad_sens reads it) is the one coil stack read besides S.
+//
+// Shared memory: (5·W + Cg·W + 3·Cg·ld)·sizeof(complex) + W·sizeof(real) + 2·FLAT_ROW_THREADS·sizeof(real)
+// laid out as tw[W], xs[W], gs[W], ax[W], ar[W], Ss[Cg·W], b0, b1, b2[Cg·ld], ms[W], red[2·threads]
+// (flat_kernels/cupy/_engine.py: row_plan(..., kernel="row_grad")).
+template <typename T>
+__device__ void flat_row_grad(const typename frow_complex<T>::type* __restrict__ S,
+                              const typename frow_complex<T>::type* __restrict__ X,
+                              const typename frow_complex<T>::type* __restrict__ G,
+                              const typename frow_complex<T>::type* __restrict__ V,
+                              const typename frow_complex<T>::type* __restrict__ R0,
+                              const typename frow_complex<T>::type* __restrict__ Q,
+                              const T* __restrict__ M,
+                              const T* __restrict__ cc, int c_stride,
+                              typename frow_complex<T>::type* __restrict__ gx_out,
+                              typename frow_complex<T>::type* __restrict__ gs_out,
+                              T* __restrict__ red_out, T sq,
+                              int has_x, int has_gx, int has_q, int has_r0, int has_v, int has_red,
+                              int qshH, int qshW, int B, int Cn, int H, int W, int Bm, int Cg, int ld,
+                              unsigned char* smem) {
+    typedef typename frow_complex<T>::type C;
+    C* tw = reinterpret_cast<C*>(smem);
+    C* xs = tw + W;
+    C* gs = xs + W;
+    C* ax = gs + W;  // Σ_c conj(S_c)·P(S_c g)
+    C* ar = ax + W;  // Σ_c conj(S_c)·(P(S_c x) − q_c)
+    C* Ss = ar + W;
+    C* b0 = Ss + (long long)Cg * W;
+    C* b1 = b0 + (long long)Cg * ld;
+    C* b2 = b1 + (long long)Cg * ld;
+    T* ms = reinterpret_cast<T*>(b2 + (long long)Cg * ld);
+    T* red = ms + W;
+    const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
+    const bool fold = W > 1 && flat_row_has_butterfly(flat_row_next_radix(W));  // as flat_row_step
+
+    for (int m = tid; m < W; m += nt) {
+        int m2 = 2 * m;
+        if (m2 > W) m2 -= 2 * W;
+        double s, c;
+        sincospi((double)m2 / (double)W, &s, &c);
+        tw[m].x = (T)c;
+        tw[m].y = (T)(-s);
+    }
+    const T inv_w = (T)(1.0 / (double)W);
+    const int ish = W / 2;
+    const long long HW = (long long)H * W;
+
+    for (int b = (int)blockIdx.y; b < B; b += (int)gridDim.y) {
+        const T cb = cc[b * c_stride];
+        const T* mrow = M + (long long)(Bm == 1 ? 0 : b) * W;
+        for (int h = (int)blockIdx.x; h < H; h += (int)gridDim.x) {
+            __syncthreads();  // the previous row is done with xs, gs, ax, ar, ms, red
+            const long long xrow = ((long long)b * H + h) * W;
+            int hq = h + qshH;
+            if (hq >= H) hq -= H;
+            for (int w = tid; w < W; w += nt) {
+                xs[w] = X[xrow + w];
+                gs[w] = G[xrow + w];
+                ax[w].x = ax[w].y = (T)0;
+                ar[w].x = ar[w].y = (T)0;
+                int ws = w + ish;
+                if (ws >= W) ws -= W;
+                const T m = mrow[ws];
+                ms[w] = m == (T)0 ? (T)0 : m * inv_w;
+            }
+            for (int c0 = 0; c0 < Cn; c0 += Cg) {
+                const int nb = Cn - c0 < Cg ? Cn - c0 : Cg;
+                const long long coil0 = ((long long)b * Cn + c0) * HW;
+                const C* srow = S + coil0 + (long long)h * W;
+                __syncthreads();  // xs, gs, ms, tw written; the previous chunk is done with Ss, b0, b1, b2
+                frow_input<T> in;
+                in.ld = ld;
+                in.pb = 0;
+                in.ms = ms;
+                in.sg = srow;
+                in.sstride = HW;
+                in.xs = xs;
+                in.ss = Ss;
+                in.in = nullptr;
+                if (fold) {
+                    in.mode = FROW_IN_COILS;
+                } else {  // separate prologue: Ss = S, b1 = S·x
+                    for (int e = tid; e < nb * W; e += nt) {
+                        const int c = e / W;
+                        const int w = e - c * W;
+                        const C s = srow[c * HW + w];
+                        Ss[e] = s;
+                        b1[c * ld + w] = frow_mul(s, xs[w]);
+                    }
+                    __syncthreads();
+                    in.mode = FROW_IN_SMEM;
+                }
+                C* ux = b0;
+                frow_project<T>(in, b0, b1, &ux, tw, W, ld, nb);  // ux = P(S·x), in b0 or b1
+                C* f0 = ux == b0 ? b1 : b0;                        // the two buffers ux is not in
+                in.xs = gs;
+                if (fold) {
+                    in.mode = FROW_IN_PROD;
+                } else {  // b2 = Ss·g
+                    for (int e = tid; e < nb * W; e += nt) {
+                        const int c = e / W;
+                        const int w = e - c * W;
+                        b2[c * ld + w] = frow_mul(Ss[e], gs[w]);
+                    }
+                    __syncthreads();
+                    in.mode = FROW_IN_SMEM;
+                }
+                C* ug = f0;
+                frow_project<T>(in, f0, b2, &ug, tw, W, ld, nb);  // ug = P(S·g), in f0 or b2
+                for (int w = tid; w < W; w += nt) {  // thread-owned columns: no race on ax, ar
+                    const C xw = xs[w], gw = gs[w];
+                    C tx = ax[w], tr = ar[w];
+                    int wq = w + qshW;
+                    if (wq >= W) wq -= W;
+                    for (int c = 0; c < nb; ++c) {
+                        const C s = Ss[c * W + w];
+                        C u = ux[c * ld + w];
+                        if (has_q) {
+                            const C q = Q[coil0 + (long long)c * HW + (long long)hq * W + wq];
+                            u.x -= sq * q.x;
+                            u.y -= sq * q.y;
+                        }
+                        const C v = ug[c * ld + w];
+                        const C t = frow_add(frow_cmul(gw, u), frow_cmul(xw, v));  // conj(g)·u + conj(x)·v
+                        C o;
+                        o.x = -cb * t.x;
+                        o.y = -cb * t.y;
+                        gs_out[coil0 + (long long)c * HW + (long long)h * W + w] = o;
+                        tx = frow_add(tx, frow_cmul(s, v));
+                        tr = frow_add(tr, frow_cmul(s, u));
+                    }
+                    ax[w] = tx;
+                    ar[w] = tr;
+                }
+            }
+            T pr = (T)0, pv = (T)0;  // this thread's parts of Re Σ conj(g)·r and Re Σ conj(g)·v
+            for (int w = tid; w < W; w += nt) {
+                const C gw = gs[w];
+                if (has_gx) {
+                    C res = gw;
+                    if (!has_x) res.x = res.y = (T)0;
+                    res.x -= cb * ax[w].x;
+                    res.y -= cb * ax[w].y;
+                    gx_out[xrow + w] = res;
+                }
+                if (has_red) {
+                    C r = ar[w];
+                    if (has_r0) r = frow_sub(r, R0[xrow + w]);
+                    pr += gw.x * r.x + gw.y * r.y;
+                    if (has_v) {
+                        const C v = V[xrow + w];
+                        pv += gw.x * v.x + gw.y * v.y;
+                    }
+                }
+            }
+            if (has_red) {  // fixed-order tree over the block's threads (any blockDim): deterministic
+                red[2 * tid] = pr;
+                red[2 * tid + 1] = pv;
+                int half = 1;
+                while (half < nt) half *= 2;
+                for (half /= 2; half > 0; half /= 2) {
+                    __syncthreads();
+                    if (tid < half && tid + half < nt) {
+                        red[2 * tid] += red[2 * (tid + half)];
+                        red[2 * tid + 1] += red[2 * (tid + half) + 1];
+                    }
+                }
+                __syncthreads();
+                if (tid == 0) {
+                    red_out[2 * ((long long)b * H + h)] = red[0];
+                    red_out[2 * ((long long)b * H + h) + 1] = red[1];
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- extern "C" instantiations
 // MINB: blocks per SM that ptxas must allow for. complex64 asks for 2 (<= 128 registers; row_plan
 // sizes its shared memory for two blocks per SM); complex128 (254 registers, no spill) runs one.
@@ -595,6 +821,19 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
         FLAT_ROW_SMEM(smem);                                                                          \
         flat_row_step<T>(S, X, V, R0, M, a, a_stride, cc, c_stride, out, has_x, has_v, has_r0, B, Cn, \
                          H, W, Bm, Cg, ld, smem);                                                     \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(FLAT_ROW_THREADS, MINB) flat_row_grad_##SUF(         \
+        const frow_complex<T>::type* __restrict__ S, const frow_complex<T>::type* __restrict__ X,     \
+        const frow_complex<T>::type* __restrict__ G, const frow_complex<T>::type* __restrict__ V,     \
+        const frow_complex<T>::type* __restrict__ R0, const frow_complex<T>::type* __restrict__ Q,    \
+        const T* __restrict__ M, const T* __restrict__ cc, int c_stride,                              \
+        frow_complex<T>::type* __restrict__ gx_out, frow_complex<T>::type* __restrict__ gs_out,       \
+        T* __restrict__ red_out, T sq, int has_x, int has_gx, int has_q, int has_r0, int has_v,       \
+        int has_red, int qshH, int qshW, int B, int Cn, int H, int W, int Bm, int Cg, int ld) {       \
+        FLAT_ROW_SMEM(smem);                                                                          \
+        flat_row_grad<T>(S, X, G, V, R0, Q, M, cc, c_stride, gx_out, gs_out, red_out, sq, has_x,      \
+                         has_gx, has_q, has_r0, has_v, has_red, qshH, qshW, B, Cn, H, W, Bm, Cg, ld,  \
+                         smem);                                                                       \
     }
 
 FLAT_ROW_INSTANTIATE(c64, float, 2)

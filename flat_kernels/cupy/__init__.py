@@ -21,8 +21,11 @@ x-gradients (and AᴴA x − Aᴴy for grad_dt/grad_lam) are **one launch** of
 the coils of the row in shared memory, a mixed-radix FFT along W, mask, inverse FFT, coil reduction
 and Euler update, one store; S is read once and no coil stack is written (predicted 1.3–1.8× the
 memory floor at knee/brain sizes, flat_kernels/NOTES.md). :mod:`._engine` takes it whenever the
-runtime can launch it and a row fits in shared memory (``row_plan``); grad_S, 2-D masks, the
-k-space form and Aᴴy from k-space take the cuFFT path below.
+runtime can launch it and a row fits in shared memory (``row_plan``). With learned maps the
+backward is one launch of ``flat_row_grad_<c64|c128>`` (same file): both projections P(S x) and
+P(S g) per coil chunk in shared memory, grad_S written once, grad_x and the grad_dt/grad_lam sums
+from the same pass (Aᴴy from y adds its q = ifft2c(M y) stack, one cuFFT). 2-D masks, the k-space
+form and Aᴴy from k-space take the cuFFT path below.
 
 The cuFFT path (design B of docs/kernels.md, with CUDA C instead of Triton around cuFFT)
 -----------------------------------------------------------------------------------------

@@ -74,6 +74,14 @@ ROW_SIGNATURES = {
         ("has_x", "int"), ("has_v", "int"), ("has_r0", "int"),
         ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("Bm", "int"), ("Cg", "int"), ("ld", "int"),
     ),
+    # the fused backward with learned maps (grad_S, grad_x and the grad_dt/grad_lam row sums in one pass)
+    "row_grad": (
+        ("S", "ptr"), ("X", "ptr"), ("G", "ptr"), ("V", "ptr"), ("R0", "ptr"), ("Q", "ptr"), ("M", "rptr"),
+        ("cc", "rptr"), ("c_stride", "int"), ("gx_out", "ptr"), ("gs_out", "ptr"), ("red_out", "rptr"),
+        ("sq", "real"), ("has_x", "int"), ("has_gx", "int"), ("has_q", "int"), ("has_r0", "int"),
+        ("has_v", "int"), ("has_red", "int"), ("qshH", "int"), ("qshW", "int"),
+        ("B", "int"), ("Cn", "int"), ("H", "int"), ("W", "int"), ("Bm", "int"), ("Cg", "int"), ("ld", "int"),
+    ),
 }
 ROW_THREADS = 256  # FLAT_ROW_THREADS of row_step.cu (the __launch_bounds__ of the kernel)
 
@@ -81,11 +89,16 @@ ROW_KERNELS = """Kernels of the row path, for performance models (flat_kernels/r
 
 flat_row_step_c64 / flat_row_step_c128 (flat_kernels/cuda/row_step.cu): one launch per column-mask
 normal / dc_gradient / flow_step forward, and per x-gradient of them (and one more for AᴴA x − Aᴴy
-when dt or lam need gradients); grid (H, B) blocks of ROW_THREADS threads, dynamic shared memory
+when dt or lam need gradients and S does not); grid (H, B) blocks of ROW_THREADS threads, dynamic shared memory
 row_plan(...)["smem_bytes"] per block. Per launch, row_step_work(B, C, H, W, complex_bytes, has_v,
 has_r0, Cg) gives the global-memory bytes (S read once; x, v, Aᴴy read once; the output written
 once), the floating-point operations of the code as written (FMA = 2 flops) and the shared-memory
 traffic, raw and weighted by simulated bank conflicts. The coil stack is never written.
+
+flat_row_grad_c64 / flat_row_grad_c128 (same file): one launch per column-mask backward that needs
+grad_S (the fused backward: grad_S, grad_x and the grad_dt/grad_lam row sums in one pass over S);
+grid (H, B), shared memory row_plan(..., kernel="row_grad")["smem_bytes"]; row_grad_work(...) gives
+the same counts (S, x, g, [q], [Aᴴy], [v] read once; grad_S, [grad_x] written once).
 model_launches(...) lists the launches of one op call with those counts.
 
 This module imports nothing beyond the standard library; load it by path (importing the package
@@ -102,13 +115,31 @@ def model_launches(op: str, B: int, C: int, H: int, W: int, dtype: str = "comple
     """The row-kernel launches of one column-mask op call and their work (see ROW_KERNELS).
 
     ``op``: "normal", "dc_gradient" or "flow_step" (forward, Aᴴy given: computing it from k-space
-    runs on the cuFFT path once per sample, not per step), or "<op>_backward_x" (the x-gradient
-    alone). ``limits``: per-block shared-memory budgets (default: Hopper). Returns [] when a row does
+    runs on the cuFFT path once per sample, not per step), "<op>_backward_x" (the x-gradient
+    alone), or "<op>_backward_S" (the fused backward with learned maps, flat_row_grad: grad_S and
+    grad_x; for flow_step also grad_dt/grad_lam, Aᴴy given; "flow_step_backward_S_q": Aᴴy from y,
+    whose q stack the kernel reads). ``limits``: per-block shared-memory budgets (default: Hopper). Returns [] when a row does
     not fit (the op then runs on the cuFFT path). Each entry: kernel, grid, threads, smem_bytes
     (per block), coils_per_chunk, chunks, ld, and row_step_work's counts.
     """
     cb = {"complex64": 8, "complex128": 16}[dtype]
-    plan = row_plan(C, W, cb, limits if limits is not None else HOPPER_SMEM_LIMITS[dtype])
+    suffix = "c64" if cb == 8 else "c128"
+    limits = limits if limits is not None else HOPPER_SMEM_LIMITS[dtype]
+    grad = {  # the fused backward with learned maps: (has_q, has_r0, has_v, want_red)
+        "normal_backward_S": (False, False, False, False), "dc_gradient_backward_S": (True, False, False, False),
+        "flow_step_backward_S": (False, True, True, True),  # Aᴴy given; grads x, S, dt, lam
+        "flow_step_backward_S_q": (True, False, True, True),  # Aᴴy from y (q read; its cuFFT not counted)
+    }
+    if op in grad:
+        plan = row_plan(C, W, cb, limits, kernel="row_grad")
+        if plan is None:
+            return []
+        has_q, has_r0, has_v, want_red = grad[op]
+        work = row_grad_work(B, C, H, W, cb, has_q=has_q, has_r0=has_r0, has_v=has_v, want_gx=True,
+                             want_red=want_red, Cg=plan["Cg"])
+        return [dict(work, kernel=f"flat_row_grad_{suffix}", grid=(H, B), smem_bytes=plan["smem_bytes"],
+                     coils_per_chunk=plan["Cg"], ld=plan["ld"])]
+    plan = row_plan(C, W, cb, limits)
     if plan is None:
         return []
     flags = {  # (has_v, has_r0)
@@ -117,10 +148,9 @@ def model_launches(op: str, B: int, C: int, H: int, W: int, dtype: str = "comple
         "flow_step_backward_x": (False, False),
     }
     if op not in flags:
-        raise ValueError(f"op: expected one of {sorted(flags)}, got {op!r}")
+        raise ValueError(f"op: expected one of {sorted(flags) + sorted(grad)}, got {op!r}")
     has_v, has_r0 = flags[op]
     work = row_step_work(B, C, H, W, cb, has_v=has_v, has_r0=has_r0, Cg=plan["Cg"])
-    suffix = "c64" if cb == 8 else "c128"
     return [dict(work, kernel=f"flat_row_step_{suffix}", grid=(H, B), smem_bytes=plan["smem_bytes"],
                  coils_per_chunk=plan["Cg"], ld=plan["ld"])]
 
@@ -166,16 +196,26 @@ def row_ld(W: int) -> int:
     return need + (W // radices[-1] - need) % 16
 
 
-def row_plan(C: int, W: int, complex_bytes: int, limits) -> dict | None:
+def row_plan(C: int, W: int, complex_bytes: int, limits, kernel: str = "row_step") -> dict | None:
     """Coil chunk and shared memory of one block, or None when one coil row does not fit.
 
-    Shared memory: tw, xs, acc (W complex each), Ss (Cg·W), b0, b1 (Cg·ld complex each), ms (W
-    real). ``limits`` are per-block byte budgets tried in order (e.g. the size that keeps two blocks
-    per SM, then the opt-in maximum); chunks are balanced (ceil(C / ceil(C / Cg_max)) coils each).
+    Shared memory of ``kernel="row_step"``: tw, xs, acc (W complex each), Ss (Cg·W), b0, b1 (Cg·ld
+    complex each), ms (W real). ``kernel="row_grad"`` (the fused backward, row_step.cu) holds both
+    projections at once: tw, xs, gs, ax, ar (W complex each), Ss (Cg·W), b0, b1, b2 (Cg·ld complex
+    each), ms (W real) and the block reduction (2·ROW_THREADS real), so its chunks are smaller.
+    ``limits`` are per-block byte budgets tried in order (e.g. the size that keeps two blocks per SM,
+    then the opt-in maximum); chunks are balanced (ceil(C / ceil(C / Cg_max)) coils each).
     """
     ld = row_ld(W)
-    fixed = 3 * W * complex_bytes + W * (complex_bytes // 2)
-    per_coil = (W + 2 * ld) * complex_bytes
+    real = complex_bytes // 2
+    if kernel == "row_step":
+        fixed = 3 * W * complex_bytes + W * real
+        per_coil = (W + 2 * ld) * complex_bytes
+    elif kernel == "row_grad":
+        fixed = 5 * W * complex_bytes + W * real + 2 * ROW_THREADS * real
+        per_coil = (W + 3 * ld) * complex_bytes
+    else:
+        raise ValueError(f"kernel: expected 'row_step' or 'row_grad', got {kernel!r}")
     for budget in limits:
         cg_max = (int(budget) - fixed) // per_coil
         if cg_max >= 1:
@@ -309,6 +349,44 @@ def row_step_work(B: int, C: int, H: int, W: int, complex_bytes: int, has_v: boo
             "chunks": chunks}
 
 
+def row_grad_work(B: int, C: int, H: int, W: int, complex_bytes: int, has_q: bool = False, has_r0: bool = True,
+                  has_v: bool = True, want_gx: bool = True, want_red: bool = True, Cg: int | None = None) -> dict:
+    """Work of one flat_row_grad launch (the fused backward with learned maps, row_step.cu) as coded.
+
+    dram_bytes: S, x, g, [q], [Aᴴy], [v] read once; grad_S, [grad_x], [the per-row sums] written
+    once; the mask once per sample. flops (FMA = 2): per coil two projections (forward and inverse
+    transform each, counted as row_step_work counts one), the grad_S terms and two coil sums.
+    smem_*: as row_step_work. ``Cg``: coils per chunk (row_plan(..., kernel="row_grad"); default C).
+    """
+    Cg = C if Cg is None else Cg
+    chunks = -(-C // Cg)
+    rows, px = B * H, B * H * W
+    cb, real = complex_bytes, complex_bytes // 2
+    coil = B * C * H * W
+    dram = (cb * (coil * (2 + int(has_q)) + px * (2 + int(has_r0) + int(has_v) + int(want_gx)))
+            + rows * 2 * real * int(want_red) + B * W * real)
+    radices = row_radices(W)
+    fold = bool(radices) and radices[0] in _ROW_BUTTERFLY
+    if W > 1:  # the S·g stage reads Ss and gs from shared memory: the same two accesses as S·x's
+        ff, fs, fe = _fft_counts(W, "coils" if fold else "smem", Cg, cb)
+        fi, si, ie = _fft_counts(W, "mask", Cg, cb)
+    else:
+        ff = fs = fe = 0
+        fi, si, ie = W, 1.5 * W, 1.5 * W
+    pro_f, pro_s = (0, 0) if fold else (6 * W, 3 * W)  # separate S·z pass per projection
+    # per coil and column: conj(g)·(u − q) + conj(x)·v, −c·(…), conj(S)·v and conj(S)·u accumulated
+    epi_f = (30 + 4 * int(has_q)) * W
+    per_coil_flops = 2 * (ff + fi + pro_f) + epi_f
+    rest = 2 * pro_s + 3 * W  # + read Ss, P(S x), P(S g) in the epilogue
+    flops = rows * C * per_coil_flops + px * (4 * int(want_gx) + 12 * int(want_red))
+    other = rows * chunks * 6 * W + px * 8.5  # ax, ar, xs, gs per chunk; loads, init, ms, final reads
+    smem = cb * (rows * C * (2 * (fs + si) + rest) + other)
+    eff = cb * (rows * C * (2 * (fe + ie) + rest) + other)
+    return {"dram_bytes": dram, "flops": flops, "smem_traffic_bytes": int(smem), "smem_wavefront_bytes": int(eff),
+            "blocks": rows, "threads": ROW_THREADS, "radices": radices, "fold_prologue": fold,
+            "chunks": chunks}
+
+
 def _ishift(n: int) -> int:
     """Read offset of ifftshift: ifftshift(z)[i] = z[(i + n//2) mod n]."""
     return n // 2
@@ -428,12 +506,36 @@ class Engine:
         self.rt.fft(buf, (-2, -1), inverse=True)
         return buf, 1.0 / math.sqrt(k.shape[-2] * k.shape[-1])
 
-    def _row_plan(self, S, mask):
+    def _row_plan(self, S, mask, kernel="row_step"):
         """The row kernel's plan for this call, or None when the cuFFT path must be taken."""
         if not self.rows or mask.shape[1] != 1:
             return None
         B, C, H, W = self._dims(S)
-        return row_plan(C, W, self.xp.dtype(S.dtype).itemsize, self.rt.row_smem_limits(S.dtype))
+        return row_plan(C, W, self.xp.dtype(S.dtype).itemsize, self.rt.row_smem_limits(S.dtype), kernel)
+
+    def _row_grad(self, S, x, g, mask, plan, c, keep_g=False, want_gx=True, q=None, sq=0.0, r0=None, v=None,
+                  want_red=False):
+        """The fused backward with learned maps (flat_row_grad, row_step.cu; docs/row_kernel.md):
+
+            grad_S_c = −c·[(P(S_c x) − sq·q_c)·conj(g) + conj(x)·P(S_c g)]
+            grad_x   = [keep_g]·g − c·AᴴA g                      (when want_gx)
+            red[b,h] = (Re Σ_w conj(g)·r, Re Σ_w conj(g)·v),  r = AᴴA x − Aᴴy   (when want_red)
+
+        with Aᴴy = Σ_c conj(S_c)·sq·q_c (q: the unscaled IFFT2 of ifftshift(M ⊙ y), read fftshift-ed)
+        or the given r0. One pass over S; returns (grad_x or None, grad_S, red or None)."""
+        B, C, H, W = self._dims(S)
+        cc, cs = self._coef(c, B)
+        gx = self.rt.empty((B, H, W), S.dtype) if want_gx else None
+        gs = self.rt.empty(S.shape, S.dtype)
+        red = self.rt.empty((B, H, 2), self._real(S.dtype)) if want_red else None
+        kw = dict(S=S, X=x, G=g, V=v, R0=r0, Q=q, M=mask, cc=cc, c_stride=cs, gx_out=gx, gs_out=gs, red_out=red,
+                  sq=float(sq or 0.0), has_x=int(keep_g), has_gx=int(want_gx), has_q=int(q is not None),
+                  has_r0=int(r0 is not None), has_v=int(v is not None), has_red=int(want_red),
+                  qshH=_fshift(H) if q is not None else 0, qshW=_fshift(W) if q is not None else 0,
+                  B=B, Cn=C, H=H, W=W, Bm=mask.shape[0], Cg=plan["Cg"], ld=plan["ld"])
+        args = [(kind, kw[pname]) for pname, kind in ROW_SIGNATURES["row_grad"]]
+        self.rt.launch_rows("row_grad", S.dtype, B, H, plan["smem_bytes"], args)
+        return gx, gs, red
 
     def _step(self, S, z, mask, keep_z=False, v=None, r0=None, a=None, c=None):
         """[keep_z]·z + a·v − c·(AᴴA z − r0): the row kernel for a column mask, else cuFFT + kernels."""
@@ -513,7 +615,10 @@ class Engine:
     def normal_backward(self, g, inputs, needs):
         image, sens, mask = inputs
         gx = gs = None
-        if needs[1]:  # grad_S needs the projected stacks P(S g), P(S x) (C×H×W): cuFFT path
+        plan = self._row_plan(sens, mask, "row_grad") if needs[1] else None
+        if plan is not None:  # column mask: grad_S and grad_x in one pass over S (no coil stack)
+            gx, gs, _ = self._row_grad(sens, image, g, mask, plan, self._const(-1.0, g.dtype), want_gx=needs[0])
+        elif needs[1]:  # grad_S needs the projected stacks P(S g), P(S x) (C×H×W): cuFFT path
             w = self._expand(sens, g)
             s = self._project(w, mask)
             if needs[0]:
@@ -528,7 +633,12 @@ class Engine:
     def dc_gradient_backward(self, g, inputs, needs):
         image, kspace, sens, mask = inputs
         gx = gy = gs = None
-        if needs[2]:  # grad_S: cuFFT path, as in normal_backward
+        plan = self._row_plan(sens, mask, "row_grad") if needs[2] else None
+        if plan is not None:  # q = ifft2c(M y) needs the 2-D transform (cuFFT); the rest in one pass
+            q, sq = self._ifft2c_coils(kspace, mask)
+            gx, gs, _ = self._row_grad(sens, image, g, mask, plan, self._const(-1.0, g.dtype), want_gx=needs[0],
+                                       q=q, sq=sq)
+        elif needs[2]:  # grad_S: cuFFT path, as in normal_backward
             w = self._expand(sens, g)
             s = self._project(w, mask)
             if needs[0]:
@@ -548,6 +658,27 @@ class Engine:
         image, velocity, kspace, sens, mask, dt, lam, ahy = inputs
         c = dt * lam
         gx = gv = gy = gs = gdt = glam = gahy = None
+        plan = self._row_plan(sens, mask, "row_grad") if needs[3] else None
+        if plan is not None:  # column mask: grad_S, grad_x and the grad_dt/grad_lam sums in one pass
+            q = sq = None
+            if ahy is None:  # Aᴴy from y depends on S: its q = ifft2c(M y) term (2-D transform, cuFFT)
+                q, sq = self._ifft2c_coils(kspace, mask)
+            want_red = bool(needs[5] or needs[6])
+            gx, gs, red = self._row_grad(sens, image, g, mask, plan, c, keep_g=True, want_gx=needs[0], q=q,
+                                         sq=sq, r0=ahy, v=velocity if needs[5] else None, want_red=want_red)
+            if needs[1]:
+                gv = self._per_batch(dt, 3) * g
+            if needs[2] and ahy is None:
+                gy = self._kspace_out(self._fft2c_coils(sens, g), mask=mask, cf=c, mask_fft=True)
+            if want_red:  # grad_dt = Re Σ conj(g)·(v − lam·r), grad_lam = −dt·Re Σ conj(g)·r
+                gr, gvv = red[..., 0], red[..., 1]
+                if needs[5]:
+                    gdt = self._grad_scalar(gvv - self._per_batch(lam, 2) * gr, dt)
+                if needs[6]:
+                    glam = self._grad_scalar(-self._per_batch(dt, 2) * gr, lam)
+            if ahy is not None and needs[7]:
+                gahy = self._per_batch(c, 3) * g
+            return gx, gv, gy, gs, None, gdt, glam, gahy
         w = s = None
         if needs[3]:  # grad_S needs P(S g) and P(S x) as coil stacks: cuFFT path
             w = self._expand(sens, g)
