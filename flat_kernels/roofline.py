@@ -11,7 +11,8 @@
 2. disassembles the cubin (``nvdisasm``) and counts the issued instructions per warp inside each
    loop nest: tensor-core (HMMA/DMMA/HGMMA, with their shapes), FP32 (FFMA/FADD/FMUL), FP64, and
    all instructions; loops are the backward branches of the SASS, multiplied by the launch's trip
-   counts (coil chunks, sampled-column blocks, W chunks), times warps per CTA and the grid;
+   counts (the kernel module's ``loop_trips``: coil chunks for monarch.py), times warps per CTA
+   and the grid;
 3. counts the DRAM bytes a launch must move (every input read once, every output written once:
    the kernels re-read S chunk-wise, but those re-reads are L1/L2 hits and are not counted);
 4. predicts time = max(bytes / copy bandwidth, tensor flops / MMA rate, FP32 ops / FP32 rate,
@@ -363,9 +364,12 @@ ROW_THREADS_CUDA = 256
 
 
 def cuda_row_models(cuda_rows: list[dict]) -> list[dict]:
-    """Predicted time of the CUDA C one-pass row kernel, from its own work model
-    (``flat_kernels.cupy._engine.row_step_work`` / ``row_plan``: DRAM bytes, flops as coded,
-    shared-memory wavefront bytes) and its compiled resources. Forward flow_step (v and Aᴴy given)."""
+    """Predicted time of the CUDA C one-pass row kernels, from their own work models
+    (``flat_kernels.cupy._engine.row_step_work`` / ``row_grad_work`` / ``row_plan``: DRAM bytes, flops
+    as coded, shared-memory wavefront bytes) and their compiled resources. kind "fwd": flow_step
+    forward (v and Aᴴy given), flat_row_step; kind "bwd": its backward with learned maps (grad_x,
+    grad_S, grad_dt, grad_lam; Aᴴy given), one flat_row_grad launch. Floors: fwd reads S, x, v, Aᴴy
+    and writes x_next; bwd reads S, x, g, v, Aᴴy and writes grad_x, grad_S (at the copy bandwidth)."""
     import importlib.util
 
     # _engine.py imports neither CuPy nor torch, but its package __init__ imports CuPy: load the file
@@ -381,29 +385,51 @@ def cuda_row_models(cuda_rows: list[dict]) -> list[dict]:
     out = []
     for wl, (C, H, W) in WORKLOADS.items():
         for dname, cb in (("c64", 8), ("c128", 16)):
-            k = res.get(f"flat_row_step_{dname}")
-            if k is None:
-                continue
             limits = (min(SMEM_PER_CTA, SMEM_PER_SM // 2 - 1024), SMEM_PER_CTA) if cb == 8 else (SMEM_PER_CTA,)
-            plan = eng.row_plan(C, W, cb, limits)
-            if plan is None:
-                continue
-            cta = occupancy(k.get("regs") or 255, ROW_THREADS_CUDA, plan["smem_bytes"])
-            for dev, ce in CEILINGS.items():
-                for B in (1, 8):
-                    w = eng.row_step_work(B, C, H, W, cb, True, True, Cg=plan["Cg"])
-                    slots = cta * ce["sms"]
-                    waves = w["blocks"] / slots if slots else float("inf")
-                    tail = math.ceil(waves) / waves if slots else float("inf")
-                    rate = ce["fp32"] if cb == 8 else ce["fp64"]
-                    terms = dict(mem=w["dram_bytes"] / ce["bw"], fp32=w["flops"] / rate * tail,
-                                 smem=w["smem_wavefront_bytes"] / (SMEM_B_PER_SM_CLK * ce["sms"] * ce["clock"]) * tail)
-                    img, coil = H * W * cb, C * H * W * cb
-                    floor = B * (coil + 4 * img) / ce["bw"]
-                    bound = max(terms, key=terms.get)
-                    out.append(dict(kernel=k["kernel"], workload=wl, dtype=dname, dev=dev, B=B, floor=floor,
-                                    time=terms[bound], bound=bound, terms=terms, ctas_per_sm=cta, Cg=plan["Cg"],
-                                    smem=plan["smem_bytes"], regs=k.get("regs"), spill_st=k.get("spill_st")))
+            img, coil = H * W * cb, C * H * W * cb
+            for kind, name, kernel, floor_b in (("fwd", "row_step", f"flat_row_step_{dname}", coil + 4 * img),
+                                                ("bwd", "row_grad", f"flat_row_grad_{dname}", 2 * coil + 5 * img)):
+                k = res.get(kernel)
+                if k is None or (kind == "bwd" and not hasattr(eng, "row_grad_work")):
+                    continue
+                plan = eng.row_plan(C, W, cb, limits) if kind == "fwd" else eng.row_plan(C, W, cb, limits, kernel=name)
+                if plan is None:
+                    continue
+                cta = occupancy(k.get("regs") or 255, ROW_THREADS_CUDA, plan["smem_bytes"])
+                for dev, ce in CEILINGS.items():
+                    for B in (1, 8):
+                        if kind == "fwd":
+                            w = eng.row_step_work(B, C, H, W, cb, True, True, Cg=plan["Cg"])
+                        else:
+                            w = eng.row_grad_work(B, C, H, W, cb, has_q=False, has_r0=True, has_v=True,
+                                                  want_gx=True, want_red=True, Cg=plan["Cg"])
+                        slots = cta * ce["sms"]
+                        waves = w["blocks"] / slots if slots else float("inf")
+                        tail = math.ceil(waves) / waves if slots else float("inf")
+                        rate = ce["fp32"] if cb == 8 else ce["fp64"]
+                        terms = dict(mem=w["dram_bytes"] / ce["bw"], fp32=w["flops"] / rate * tail,
+                                     smem=w["smem_wavefront_bytes"] / (SMEM_B_PER_SM_CLK * ce["sms"] * ce["clock"]) * tail)
+                        bound = max(terms, key=terms.get)
+                        out.append(dict(kernel=k["kernel"], kind=kind, workload=wl, dtype=dname, dev=dev, B=B,
+                                        floor=B * floor_b / ce["bw"], time=terms[bound], bound=bound, terms=terms,
+                                        ctas_per_sm=cta, Cg=plan["Cg"], smem=plan["smem_bytes"], regs=k.get("regs"),
+                                        spill_st=k.get("spill_st")))
+    return out
+
+
+def cuda_row_steps(rows: list[dict]) -> list[dict]:
+    """Forward + backward per (size, dtype, device, B) from cuda_row_models: times and floors summed."""
+    by = {}
+    for p in rows:
+        by.setdefault((p["workload"], p["dtype"], p["dev"], p["B"]), {})[p.get("kind", "fwd")] = p
+    out = []
+    for (wl, d, dev, B), kinds in by.items():
+        if set(kinds) != {"fwd", "bwd"}:
+            continue
+        f, b = kinds["fwd"], kinds["bwd"]
+        t, fl = f["time"] + b["time"], f["floor"] + b["floor"]
+        out.append(dict(workload=wl, dtype=d, dev=dev, B=B, fwd=f["time"], fwd_floor=f["floor"], bwd=b["time"],
+                        bwd_floor=b["floor"], bwd_bound=b["bound"], time=t, floor=fl, ratio=t / fl))
     return out
 
 
@@ -525,14 +551,25 @@ def markdown(rep: dict) -> str:
                      f"{r.get('spill_st')}/{r.get('spill_ld')} | {r.get('shared')} | {tot('all')} | {tot('fp32')} | "
                      f"{tot('mma') + tot('wgmma')} |")
     if rep.get("cuda_row"):
-        L += ["", "CUDA C one-pass row kernel (CuPy backend), forward flow_step, from its work model "
-              "(`flat_kernels/cupy/_engine.py: row_step_work`) and its compiled resources; shared-memory "
-              f"bandwidth {SMEM_B_PER_SM_CLK} B/clock/SM:", "",
+        L += ["", "CUDA C one-pass row kernels (CuPy backend): forward flow_step (`flat_row_step`) and its "
+              "backward with learned maps (`flat_row_grad`: grad_x, grad_S, grad_dt, grad_lam, Aᴴy given), "
+              "from their work models (`flat_kernels/cupy/_engine.py: row_step_work, row_grad_work`) and "
+              "compiled resources; backward floor = read S, x, g, v, Aᴴy + write grad_x, grad_S; "
+              f"shared-memory bandwidth {SMEM_B_PER_SM_CLK} B/clock/SM:", "",
               "| kernel | size | B | dev | floor µs | predicted µs | × floor | bound | coils/chunk | smem KB | CTA/SM |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in rep["cuda_row"]:
             L.append(f"| {p['kernel']} | {p['workload']} | {p['B']} | {p['dev']} | {_us(p['floor'])} | {_us(p['time'])} | "
                      f"{p['time'] / p['floor']:.1f} | {p['bound']} | {p['Cg']} | {p['smem'] / 1024:.0f} | {p['ctas_per_sm']} |")
+        steps = cuda_row_steps(rep["cuda_row"])
+        if steps:
+            L += ["", "CUDA C row kernels, forward + backward with learned maps per step (**predicted**):", "",
+                  "| step | size | B | dev | fwd µs (× floor) | bwd µs (× floor) | fwd+bwd µs | fwd+bwd floor µs | × floor |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+            for q in steps:
+                L.append(f"| row_step + row_grad {q['dtype']} | {q['workload']} | {q['B']} | {q['dev']} | "
+                         f"{_us(q['fwd'])} ({q['fwd'] / q['fwd_floor']:.1f}) | {_us(q['bwd'])} ({q['bwd'] / q['bwd_floor']:.1f}) | "
+                         f"{_us(q['time'])} | {_us(q['floor'])} | {q['ratio']:.1f} |")
     return "\n".join(L) + "\n"
 
 

@@ -734,3 +734,30 @@ def test_row_grad_plan_chunks():
         assert (W + 3 * ld) > (W + 2 * ld) and p["Cg"] <= f["Cg"]
     with pytest.raises(ValueError, match="kernel"):
         ENG.row_plan(4, 8, 8, (1 << 20,), kernel="grad_sens")
+
+
+def test_roofline_models_the_fused_backward():
+    """flat_kernels/roofline.py prices forward + fused backward per step from the work models and the
+    compiled registers (here the ptxas counts of tests/test_cuda_compile.py: 128 / 254, zero spills):
+    every (size, dtype, device, B) gets a step, the backward is one flat_row_grad launch against the
+    floor read S, x, g, v, Aᴴy + write grad_x, grad_S, and complex64 stays within 3x that floor."""
+    from flat_kernels import roofline
+
+    rows = [dict(kernel=f"flat_{k}_{d}", regs=128 if d == "c64" else 254, spill_st=0)
+            for k in ("row_step", "row_grad") for d in ("c64", "c128")]
+    models = roofline.cuda_row_models(rows)
+    assert {p["kind"] for p in models} == {"fwd", "bwd"} and len(models) == 32
+    steps = roofline.cuda_row_steps(models)
+    assert len(steps) == 16
+    for q in steps:
+        C, H, W = roofline.WORKLOADS[q["workload"]]
+        cb = 8 if q["dtype"] == "c64" else 16
+        bw = roofline.CEILINGS[q["dev"]]["bw"]
+        img, coil = H * W * cb, C * H * W * cb
+        assert q["bwd_floor"] == pytest.approx(q["B"] * (2 * coil + 5 * img) / bw)
+        assert q["floor"] == pytest.approx(q["B"] * (3 * coil + 9 * img) / bw)
+        assert q["time"] >= q["floor"] and q["bwd"] >= q["bwd_floor"]
+        if q["dtype"] == "c64":
+            assert q["ratio"] <= 3.0, q
+    md = roofline.markdown(dict(triton=[], cuda=[], cuda_row=models))
+    assert "row_step + row_grad c64 | knee | 1 | H200" in md and "**predicted**" in md
