@@ -761,3 +761,21 @@ def test_roofline_models_the_fused_backward():
             assert q["ratio"] <= 3.0, q
     md = roofline.markdown(dict(triton=[], cuda=[], cuda_row=models))
     assert "row_step + row_grad c64 | knee | 1 | H200" in md and "**predicted**" in md
+
+
+def test_row_grad_weighted_mask(libs):
+    """Non-binary column weights, per sample: grad_S and grad_x as the reference (M applied once per
+    projection, as in the forward; the oracle would square it, so only the reference here)."""
+    for dtype in (torch.complex64, torch.complex128):
+        low, hi = _inputs(2, 5, 3, 12, dtype, True, seed=12, weighted=True)
+        L = {n: _np(t) for n, t in low.items()}
+        rt = RowRuntime(*libs, threads=8, limits=_grad_limits(5, 12, dtype, 2))
+        needs = (True, True, False, True, False, True, True, False)
+        got = ENG.Engine(rt).flow_step_backward(L["g"], (L["x"], L["v"], L["y"], L["S"], L["mask"], L["dt"],
+                                                         L["lam"], None), needs)
+        assert "row_grad" in rt.launched and "grad_sens" not in rt.launched
+        want = ref.flow_step_backward(hi["g"], (hi["x"], hi["v"], hi["y"], hi["S"], hi["mask"], hi["dt"], hi["lam"],
+                                                None), needs)
+        for i in (0, 1, 3, 5, 6):
+            tol = (SCALAR_RTOL if i >= 5 else GRAD_RTOL)[dtype]
+            assert_rel_close(_t(got[i]), want[i], rtol=tol, name=f"weighted grad[{i}] {dtype}")
