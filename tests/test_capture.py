@@ -3,7 +3,6 @@
 The K-cascade of the model compiles as one graph (``fullgraph=True``: no Python float per step,
 no host sync) and a new batch of the same shape does not recompile; ``make_forward("compile")``
 equals the eager forward. The CUDA-graph mode and the sync audit need a GPU (tests/test_gpu.py).
-Also the per-mask cache of the Triton launcher's sampled-column list.
 """
 from __future__ import annotations
 
@@ -99,23 +98,3 @@ def test_make_forward_refuses_bad_modes_and_cpu_graphs():
     eager = make_forward(model, "eager")
     with torch.no_grad():
         assert torch.equal(eager(k, mask, 2).output, model(k, mask, 2).output)
-
-
-def test_sampled_columns_cached_per_mask_until_it_changes():
-    pytest.importorskip("triton")
-    from flat_kernels.triton import _common as cm
-
-    m = (torch.rand(1, 1, 20) < 0.5).float()
-    m[..., 10] = 1
-    a = cm.sampled_columns(m)
-    b = cm.sampled_columns(m.reshape(1, 1, 20))  # a new view of the same, unchanged mask: cached
-    assert all(x is y for x, y in zip(a, b))
-    m[..., 0] = 1 - m[..., 0]  # in place: the version counter moves, the list is rebuilt
-    c = cm.sampled_columns(m)
-    assert c[0] is not a[0] and int(c[2]) == int((m != 0).sum())
-    fresh = m.clone()  # equal content, another tensor: computed for it (and equal)
-    d = cm.sampled_columns(fresh)
-    assert d[0] is not c[0] and all(torch.equal(x, y) for x, y in zip(c, d))
-    with torch.inference_mode():
-        e = cm.sampled_columns(torch.ones(1, 1, 20))  # no version counter: not cached, still right
-    assert int(e[2]) == 20

@@ -2,7 +2,8 @@
 
 On the CPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py), so shapes stay tiny
 (docs/kernels.md, testing): even W, W % 4 == 2 and odd W; odd H; B = 1 and 2; shared and per-sample masks;
-column masks (fused row kernel) and 2-D masks (torch.fft + Triton prologue/epilogue). Every kernel
+column masks (at these widths, none 16·N2, on the 2-D path; the row kernel of monarch.py is
+tested in tests/test_kernel_resources.py) and 2-D masks (torch.fft + Triton prologue/epilogue). Every kernel
 output is poisoned with NaN before its launch (``_common._POISON``), so an element a kernel forgets
 to write fails the comparison.
 
@@ -64,11 +65,11 @@ CASES = [
     pytest.param(2, 3, 5, 8, "col", True, "B", id="col-B2-W8"),
     pytest.param(1, 2, 4, 6, "col", False, "0", id="col-B1-W6"),  # W % 4 == 2
     pytest.param(2, 2, 3, 7, "col", False, "0", id="col-B2-W7-sharedmask"),  # odd W and H
-    pytest.param(1, 2, 3, 46, "col", True, "B", id="col-B1-W46"),  # several blocks of sampled columns
+    pytest.param(1, 2, 3, 46, "col", True, "B", id="col-B1-W46"),  # W ≠ 16·N2: a column mask on the 2-D path
     pytest.param(2, 2, 5, 10, "2d", True, "B", id="2d-B2-W10"),
     pytest.param(1, 3, 5, 7, "2d", False, "0", id="2d-B1-W7"),
 ]
-BIG = [  # odd W: 512-wide block, 6 W-chunks of the row kernel; H = 5 > 2-row tile of the 2-D kernels
+BIG = [  # odd W: a 512-wide tile row; H = 5 > the 2-row tile of the 2-D kernels
     pytest.param(1, 2, 5, 367, "col", False, "0", id="col-W367"),
     pytest.param(1, 2, 5, 367, "2d", True, "0", id="2d-W367"),
 ]
@@ -116,21 +117,6 @@ def test_oracle_fft_matches_numpy():
         a = np.random.default_rng(0).standard_normal((2, H, W)) + 1j * np.random.default_rng(1).standard_normal((2, H, W))
         want = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(a, axes=_D), norm="ortho"), axes=_D)
         assert_rel_close(oracle.fft2c(torch.from_numpy(a)), torch.from_numpy(want), rtol=1e-14, name="fft2c")
-
-
-def test_centered_dft_table_and_sampled_columns():
-    """The row kernel's DFT planes equal the centered DFT; the sampled set is found on the device."""
-    from flat_kernels.triton import _common as cm
-
-    for W in (6, 7, 8, 46):
-        fr, fi = cm.centered_dft(W, torch.float64, torch.device("cpu"))
-        want = oracle.fft2c(torch.eye(W, dtype=C128).reshape(W, 1, W)).reshape(W, W).T  # column j = fft_c(e_j)
-        assert_rel_close(torch.complex(fr, fi), want, rtol=1e-14, name=f"DFT W={W}")
-    m = torch.tensor([[[0.0, 1, 0, 0.5, 1, 0]], [[1.0, 0, 0, 0, 0, 0]]])
-    idx, val, cnt = cm.sampled_columns(m)
-    assert cnt.tolist() == [3, 1]
-    assert idx[0, :3].tolist() == [1, 3, 4] and idx[1, :1].tolist() == [0]
-    assert val[0].tolist() == [1, 0.5, 1, 0, 0, 0] and val[1].tolist() == [1, 0, 0, 0, 0, 0]
 
 
 def _check_forward(case, dtype):
@@ -247,7 +233,7 @@ def test_partial_needs_and_weighted_mask(kind):
 
 @pytest.mark.parametrize("kind", ["col", "2d"])
 def test_empty_and_full_masks(kind):
-    """n_s = 0 (the DFT loop never runs) and a fully sampled mask (AᴴA x = Σ|S_c|²·x)."""
+    """An empty mask (AᴴA x = 0) and a fully sampled one (AᴴA x = Σ|S_c|²·x)."""
     inp = make_inputs(2, 2, 4, 6, kind, True, "B", C128)
     for fill in (0.0, 1.0):
         inp["M"] = torch.full_like(inp["M"], fill)
@@ -373,17 +359,17 @@ def test_compile_three_steps_one_frame():
 
 def test_kernels_compile_for_sm90():
     """The real compiler (not the interpreter) accepts the kernels: compile representative variants
-    for sm_90 with Triton's bundled ptxas, in a subprocess without TRITON_INTERPRET. Shared memory
-    must fit an H100 (227 KB); the 2-D prologue/epilogue kernels must not spill. (The row kernels
-    do spill at knee/brain sizes: flat_kernels/NOTES.md.)"""
+    for sm_90 with Triton's bundled ptxas, in a subprocess without TRITON_INTERPRET (aot_check.py).
+    Shared memory must fit an H100 (227 KB) and nothing may spill: the 2-D path's kernels
+    (complex64) and the row kernels (monarch.py) at the opt-in tf32 precision, which the model of
+    tests/test_kernel_resources.py does not compile."""
     import json
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    select = ["c64 tf32x3 knee", "row_fwd c128 ieee knee", "expand c64", "mid c64", "reduce c64",
-              "bwd2d c64", "kspace c64", "kbwd c64"]
+    select = ["expand c64", "mid c64", "reduce c64", "bwd2d c64", "kspace c64", "kbwd c64", "c64 tf32 knee"]
     code = ("import json; from flat_kernels.triton.aot_check import compile_report; "
             f"print('ROWS' + json.dumps(compile_report(90, {select!r})))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
@@ -391,11 +377,12 @@ def test_kernels_compile_for_sm90():
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("ROWS")]
     assert res.returncode == 0 and line, res.stderr[-3000:]
     rows = json.loads(line[0][4:])
-    assert len(rows) == 10
+    assert sorted(r["kernel"] for r in rows) == sorted(
+        [f"{k} c64" for k in ("expand", "mid", "reduce", "bwd2d", "kspace", "kbwd")]
+        + [f"monarch.{k} c64 tf32 knee" for k in ("row_fwd", "row_bwd.1", "row_bwd.2", "row_bwd.3")]), rows
     for r in rows:
         assert r["ok"], r
-        if not r["kernel"].startswith("row_"):
-            assert r["stack"] == 0, f"{r['kernel']} spills {r['stack']} bytes"
+        assert r["stack"] == 0, f"{r['kernel']} spills {r['stack']} bytes"
 
 
 # ---------------------------------------------------------------- GPU (marker gpu; skipped without CUDA)

@@ -4,9 +4,9 @@ Imported lazily by :mod:`flat.ops.backends` the first time the backend is used (
 that imports Triton). Implements, forward and backward, on CUDA tensors (or CPU tensors under
 ``TRITON_INTERPRET=1``), complex64 and complex128:
 
-* ``flow_step``, ``normal``, ``dc_gradient`` — column masks: one fused row kernel per step
-  (flow_step.py); 2-D masks: torch.fft between fused Triton prologue/epilogue kernels
-  (fft_epilogue.py);
+* ``flow_step``, ``normal``, ``dc_gradient`` — column masks of width W = 16·N2: one fused row
+  kernel per step (monarch.py, factored DFT along W); 2-D masks and other widths: torch.fft
+  between fused Triton prologue/epilogue kernels (fft_epilogue.py);
 * ``kspace_flow_step``, ``sense_forward``, ``sense_adjoint`` — torch.fft + fused kernels.
 
 Other ops (fft2c, ifft2c, sens_expand, sens_reduce, rss) run on the reference path.

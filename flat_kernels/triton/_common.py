@@ -1,16 +1,18 @@
-"""Host-side helpers shared by the Triton launchers: real views, tables, per-batch coefficients.
+"""Helpers shared by the Triton launchers: real views, per-batch coefficients, precision mode, and
+the two ``@triton.jit`` complex load/store helpers every kernel file uses.
 
-Nothing here launches a kernel. Every helper is a device op (no host sync) so that the launchers can
-be captured in a CUDA graph, except the DFT table, which is built once per (W, dtype, device) and
-cached: warm the cache with one eager call before capturing (CUDA-graph practice anyway).
+Nothing here launches a kernel. Every host helper is a device op (no host sync) so that the
+launchers can be captured in a CUDA graph (the row kernel's DFT tables, ``monarch.tables``, are
+built once per (W, dtype, device) and cached: warm them with one eager call before capturing,
+docs/gpu.md).
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 import triton
+import triton.language as tl
 
 # Precision of the tensor-core DFT products for complex64 (complex128 always uses fp64 "ieee").
 #   "tf32x3" (default): three tf32 products, ~fp32 accuracy (docs/kernels.md (precision): ~7e-8 per transform)
@@ -84,58 +86,18 @@ def pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
 
-_DFT_CACHE: dict = {}
+@triton.jit
+def _cload(ptr, offs, msk):
+    # complex element i lives at real offsets 2i (re), 2i+1 (im) of a view_as_real buffer
+    re = tl.load(ptr + 2 * offs, mask=msk, other=0.0)
+    im = tl.load(ptr + 2 * offs + 1, mask=msk, other=0.0)
+    return re, im
 
 
-def centered_dft(W: int, dtype: torch.dtype, device: torch.device):
-    """Real and imaginary planes (W, W) of the centered orthonormal DFT matrix Fc, fft_c(z) = Fc @ z.
-
-    Fc[p, w] = exp(-2πi·((p - W//2)(w - W//2) mod W)/W) / √W  (symmetric; the shifts of docs/operators.md
-    folded into the indices, odd W included). Built in float64 from exact integer phases.
-    """
-    key = (W, dtype, str(device))
-    hit = _DFT_CACHE.get(key)
-    if hit is None:
-        n = torch.arange(W, dtype=torch.int64, device=device) - W // 2
-        phase = torch.remainder(n[:, None] * n[None, :], W).to(torch.float64) * (-2.0 * math.pi / W)
-        s = 1.0 / math.sqrt(W)
-        hit = ((torch.cos(phase) * s).to(dtype).contiguous(), (torch.sin(phase) * s).to(dtype).contiguous())
-        _DFT_CACHE[key] = hit
-    return hit
-
-
-_COLS_CACHE: dict = {}  # (data_ptr, version, shape, stride, dtype, device) -> (mask, idx, val, cnt)
-_COLS_CACHE_SIZE = 8
-
-
-def sampled_columns(mask: torch.Tensor):
-    """Column mask (Bm, 1, W) -> (idx, val, cnt): sampled columns first, per mask row.
-
-    idx (Bm, W) int32: column indices, the n_s sampled ones first (stable order);
-    val (Bm, W): mask values in that order (0 after the first n_s); cnt (Bm,) int32: n_s.
-    Device ops only: the kernel reads n_s itself, so there is no host sync (CUDA-graph safe).
-
-    Cached while the mask tensor is unchanged (same pointer and version counter; the entry holds
-    the mask, so its memory cannot be reused by another one), so the K cascades of a forward
-    compute it once. Never cached during CUDA-graph capture: the graph then recomputes it on each
-    replay, for whatever mask its static input holds (docs/gpu.md).
-    """
-    key = None  # inference-mode tensors have no version counter: not cached
-    if not mask.is_inference() and not (mask.is_cuda and torch.cuda.is_current_stream_capturing()):
-        key = (mask.data_ptr(), mask._version, tuple(mask.shape), mask.stride(), mask.dtype, mask.device)
-        hit = _COLS_CACHE.get(key)
-        if hit is not None:
-            return hit[1:]
-    m = mask[:, 0, :]
-    order = torch.sort((m == 0).to(torch.uint8), dim=-1, stable=True).indices
-    val = torch.gather(m, -1, order).contiguous()
-    cnt = (m != 0).sum(-1).to(torch.int32).contiguous()
-    out = order.to(torch.int32).contiguous(), val, cnt
-    if key is not None:
-        if len(_COLS_CACHE) >= _COLS_CACHE_SIZE:
-            _COLS_CACHE.pop(next(iter(_COLS_CACHE)))  # oldest first
-        _COLS_CACHE[key] = (mask, *out)
-    return out
+@triton.jit
+def _cstore(ptr, offs, re, im, msk):
+    tl.store(ptr + 2 * offs, re, mask=msk)
+    tl.store(ptr + 2 * offs + 1, im, mask=msk)
 
 
 def reduce_scalar_grad(per_row: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,10 @@ the Triton implementation of that op; the others are helpers.
 
 Routing: a column mask (Hm == 1, the fastMRI case) of width W = 16·N2 takes the fused row kernel
 of monarch.py (factored DFT along W); other widths and 2-D masks take the cuFFT + Triton
-prologue/epilogue path of fft_epilogue.py. Aᴴy, when not given, enters the row kernel as the
-per-coil q_c = ifft2c(M y_c) (one masked ifft2 pass, fft_epilogue).
+prologue/epilogue path of fft_epilogue.py. Aᴴy, when not given, enters the row kernel as
+ahy = Σ_c conj(S_c)·q_c with the per-coil q_c = ifft2c(M y_c) (one masked ifft2 pass, fft_epilogue).
 
-The image-form ops are instances of one generic step (monarch.py, flow_step.py docstrings):
+The image-form ops are instances of one generic step (monarch.py docstring; flat_kernels/NOTES.md):
 
     out = [a]·x + d·v − e·(AᴴA x − b),   b = ahy, or Aᴴy from y, or 0
     flow_step: a=1, d=dt, e=dt·lam        normal: e=−1, b=0        dc_gradient: e=−1, b=Aᴴy
@@ -28,8 +28,8 @@ from . import monarch as mn
 def row_module(W: int):
     """The row-kernel family the launchers use for a column mask of width W: the factored DFT
     (monarch.py) when W = 16·N2, else None — those widths take the 2-D path (fft_epilogue.py),
-    whose kernels do not spill. The sampled-DFT row kernel (flow_step.py) spilled registers in every
-    tiling tried on sm_90 and is no longer launched (flat_kernels/NOTES.md, "Row kernels")."""
+    whose kernels do not spill. (A sampled-DFT row kernel for any W spilled registers in every
+    tiling tried on sm_90 and was deleted: flat_kernels/NOTES.md, "Column mask: the row kernels".)"""
     return mn if mn.supported(W) else None
 
 

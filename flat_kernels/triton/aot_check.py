@@ -3,11 +3,20 @@
     python -m flat_kernels.triton.aot_check [--arch 90] [--json]
 
 The interpreter (TRITON_INTERPRET=1) proves the numerics on the CPU but accepts programs the real
-compiler rejects and says nothing about shared memory or registers. This compiles every kernel
-variant the launchers use at the knee (C = 15, W = 368) and brain (C = 20, W = 320) sizes, for
-complex64 (tf32x3 and tf32) and complex128, to a cubin with Triton's bundled ptxas, and reads the
-resources with cuobjdump. Must run in a process where TRITON_INTERPRET is unset (tests run it in a
-subprocess). Blocks/warps come from the launchers' own helpers, so this mirrors real launches.
+compiler rejects and says nothing about shared memory or registers. This compiles, to a cubin with
+Triton's bundled ptxas, the launches that flat_kernels/roofline.py does not already compile, and
+reads their resources with cuobjdump:
+
+* the 2-D path (fft_epilogue.py: 2-D masks, column masks of widths other than 16·N2, the k-space
+  form and the sense ops), complex64 and complex128, every kernel at the flag set with the most
+  operands, at the knee tiling (the brain's W = 320 pads to the same 512-wide tile);
+* the factored-DFT row kernels (monarch.py) in the complex64 precisions the model does not price
+  ("ieee" and the opt-in "tf32"): forward and each backward pass, knee (C = 15, W = 368) and brain
+  (C = 20, W = 320), from the model's own variant list, so the launch configuration is the one
+  ``monarch.launch_config`` gives. The default precisions (complex64 tf32x3, complex128) are
+  compiled, and checked for spills, by the model (tests/test_kernel_resources.py).
+
+Must run in a process where TRITON_INTERPRET is unset (tests run it in a subprocess).
 """
 from __future__ import annotations
 
@@ -18,46 +27,37 @@ import re
 import subprocess
 import tempfile
 
-from flat_kernels.roofline import triton_signature
+from flat_kernels import roofline as rl
 
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+ROW_PRECISIONS = ("ieee", "tf32")  # complex64 modes besides the default (flat_kernels/triton/_common.py)
 
 
 def _variants():
+    """(label, kernel, pointer type, warps, stages or None, constexprs) per compiled launch."""
     from . import fft_epilogue as fe
-    from . import flow_step as fs
 
     out = []
-    for dname, ptr, precs in (("c64", "*fp32", ("tf32x3", "tf32")), ("c128", "*fp64", ("ieee",))):
-        for wl, C, H, W in (("knee", 15, 640, 368), ("brain", 20, 640, 320)):
-            # the sampled-DFT family (flow_step.py); the factored family the launchers use at these
-            # widths (monarch.py) is compiled, with spills checked, by flat_kernels/roofline.py
-            real = "fp32" if dname == "c64" else "fp64"
-            for prec in precs:
-                cfg = fs.launch_config("fwd", C, W, real)
-                nw = cfg.pop("num_warps")
-                base = dict(cfg, PREC=prec)
-                out.append((f"row_fwd {dname} {prec} {wl}", fs._row_fwd_kernel, ptr, nw,
-                            dict(base, HAS_X=True, HAS_V=True, HAS_AHY=True, HAS_Q=False)))
-                out.append((f"row_fwd+q {dname} {prec} {wl}", fs._row_fwd_kernel, ptr, nw,
-                            dict(base, HAS_X=True, HAS_V=True, HAS_AHY=False, HAS_Q=True)))
-                cfg = fs.launch_config("bwd", C, W, real)
-                nw = cfg.pop("num_warps")
-                out.append((f"row_bwd {dname} {prec} {wl}", fs._row_bwd_kernel, ptr, nw,
-                            dict(cfg, PREC=prec, HAS_X=True, HAS_V=True, HAS_AHY=False, HAS_Q=True, NEED_X=True,
-                                 NEED_S=True, NEED_R=True, NEED_PX=True)))
+    for dname, ptr in (("c64", "*fp32"), ("c128", "*fp64")):
         BR, BW, _ = fe._tiling(640, 368)
         t = dict(BLOCK_R=BR, BLOCK_W=BW)
-        out += [
-            (f"expand {dname}", fe._expand_kernel, ptr, 4, t),
-            (f"mid {dname}", fe._mid_kernel, ptr, 4, dict(t, HAS_T=True, Y_SIGN=-1, HAS_M=True)),
-            (f"reduce {dname}", fe._reduce_kernel, ptr, 4,
+        out += [  # the launchers' 4 warps (Triton's default: fft_epilogue.py passes none)
+            (f"expand {dname}", fe._expand_kernel, ptr, 4, None, t),
+            (f"mid {dname}", fe._mid_kernel, ptr, 4, None, dict(t, HAS_T=True, Y_SIGN=-1, HAS_M=True)),
+            (f"reduce {dname}", fe._reduce_kernel, ptr, 4, None,
              dict(t, HAS_X=True, HAS_V=True, HAS_AHY=True, OUT_IMG=True, OUT_S=True)),
-            (f"bwd2d {dname}", fe._bwd2d_kernel, ptr, 4,
+            (f"bwd2d {dname}", fe._bwd2d_kernel, ptr, 4, None,
              dict(t, HAS_X=True, HAS_V=True, HAS_AHY=True, NEED_X=True, NEED_S=True, NEED_R=True, NEED_PX=True)),
-            (f"kspace {dname}", fe._kspace_kernel, ptr, 4, dict(t, HAS_K=True, MASK_T=False)),
-            (f"kbwd {dname}", fe._kbwd_kernel, ptr, 4, dict(t, NEED_K=True, NEED_Y=True, NEED_R=True)),
+            (f"kspace {dname}", fe._kspace_kernel, ptr, 4, None, dict(t, HAS_K=True, MASK_T=False)),
+            (f"kbwd {dname}", fe._kbwd_kernel, ptr, 4, None, dict(t, NEED_K=True, NEED_Y=True, NEED_R=True)),
         ]
+    for v in rl._triton_variants(quick=True):
+        if v["dtype"] != "c64":
+            continue
+        for prec in ROW_PRECISIONS:
+            label = f"{v['kernel']} {v['dtype']} {prec} {v['workload']}"
+            out.append((label, rl._resolve(v["fn"]), v["ptr"], v["num_warps"], v.get("num_stages"),
+                        dict(v["consts"], PREC=prec)))
     return out
 
 
@@ -71,13 +71,14 @@ def compile_report(arch: int = 90, select: list[str] | None = None) -> list[dict
 
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     rows = []
-    for label, fn, ptr, nw, consts in _variants():
+    for label, fn, ptr, nw, stages, consts in _variants():
         if select and not any(t in label for t in select):
             continue
         row = dict(kernel=label, num_warps=nw)
+        opts = {"num_warps": nw} if stages is None else {"num_warps": nw, "num_stages": stages}
         try:
-            k = triton.compile(ASTSource(fn=fn, signature=triton_signature(fn, ptr, consts), constexprs=consts),
-                               target=GPUTarget("cuda", arch, 32), options={"num_warps": nw})
+            k = triton.compile(ASTSource(fn=fn, signature=rl.triton_signature(fn, ptr, consts), constexprs=consts),
+                               target=GPUTarget("cuda", arch, 32), options=opts)
             row["shared"] = int(k.metadata.shared)
             with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
                 f.write(k.asm["cubin"])

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
-from .flow_step import _cload, _cstore
+from ._common import _cload, _cstore
 
 
 @triton.jit
@@ -146,8 +146,13 @@ def _bwd2d_kernel(
     HAS_AHY: tl.constexpr, NEED_X: tl.constexpr, NEED_S: tl.constexpr, NEED_R: tl.constexpr,
     NEED_PX: tl.constexpr,
 ):
-    """Same gradients as flow_step._row_bwd_kernel, for any mask: Vx_c = P(S_c x) − q_c and
-    Vg_c = P(S_c g) come from one batched fft2/ifft2 over the stacks (x, g)."""
+    """Backward of the generic forward (docs/operators.md, backward) for any mask:
+
+    grad_x = [HAS_X]·g − e·Σ_c conj(S_c)·Vg_c                (AᴴA is Hermitian)
+    grad_S_c = −e·[Vx_c·conj(g) + conj(x)·Vg_c]
+    part = (Re Σ conj(g)·r, Re Σ conj(g)·v) per program, r = Σ_c conj(S_c)·Vx_c − ahy
+
+    with Vx_c = P(S_c x) − q_c and Vg_c = P(S_c g) from one batched fft2/ifft2 over the stacks (x, g)."""
     pid = tl.program_id(0)
     b, h, j, msk = _tile(pid, H, W, BLOCK_R, BLOCK_W)
     hv = (h + H - H // 2) % H
@@ -341,7 +346,7 @@ def reduce_image(V, sens, x=None, vel=None, ahy=None, z=None, cd=None, ce=None, 
 
 
 def image_forward(x, vel, y, ahy, sens, mask, cd, ce, has_x: bool):
-    """Generic image-form forward (flow_step.py docstring) for any mask, through torch.fft."""
+    """Generic image-form forward (flat_kernels/NOTES.md, "One generic step") for any mask, through torch.fft."""
     B, C, H, W = sens.shape
     T = expand_fft(x.unsqueeze(0), sens)
     V = mid_ifft(T, y, mask, -1, T.shape, sens)[0]

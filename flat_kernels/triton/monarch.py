@@ -11,17 +11,22 @@ For W = 16·N2 the length-W DFT factors (Cooley–Tukey, n = N2·n1 + n2, k = k1
     Y'[n2, k1] = Y[n2, k1] · ω_W^(n2·k1)               twiddle
     X[k1, k2]  = Σ_n2 Y'[n2, k1] F_N2[n2, k2]          step 2: N2-point DFT     (tl.dot, K = N2)
 
-so a coil row costs 16·(16 + N2) complex MACs per direction instead of W·n_s for the sampled DFT
-(flow_step.py) and every MMA tile is distinct (coils·n2 rows fill the M side). A program handles
-one image row (b, h), coils in chunks of BLOCK_C, with the chunk's coil rows as a tile
-``[(c, n2), n1]`` — rows coil·N2 (padded to BLOCK_N2), 16 columns — the natural memory layout of
-w = N2·n1 + n2. Step 2 needs n2 as the contraction axis: one transpose per direction
-(reshape/permute, through shared memory). The inverse runs the steps backwards, so the result comes
-back in the load layout; the coil reduction Σ_c conj(S_c)·(P(S_c x) − q_c) and the Euler epilogue
-are fused before the one store. The kernel reads the mask row itself (no host work, graph-safe).
+so a coil row costs 16·(16 + N2) complex MACs per direction instead of W·n_s for a sampled DFT
+(the retired design D, flat_kernels/NOTES.md) and every MMA tile is distinct (coils·n2 rows fill
+the M side). A program handles one image row (b, h), coils in chunks of BLOCK_C, with the chunk's
+coil rows as a tile ``[(c, n2), n1]`` — rows coil·N2 (padded to BLOCK_N2), 16 columns — the
+natural memory layout of w = N2·n1 + n2. Step 2 needs n2 as the contraction axis: one transpose
+per direction (reshape/permute, through shared memory). The inverse runs the steps backwards, so
+the result comes back in the load layout; the coil reduction Σ_c conj(S_c)·P(S_c x) and the Euler
+epilogue are fused before the one store. The kernel reads the mask row itself (no host work, graph-safe).
 
-Same generic step and backward as flow_step.py; used when W % 16 == 0 and W ≤ 1024 (all knee and
-brain widths of fastMRI's 368 and 320); other widths take the sampled-DFT kernel of flow_step.py.
+The generic step (flat_kernels/NOTES.md, "One generic step"):
+
+    out = [HAS_X]·x + d·v − e·(Σ_c conj(S_c)·P(S_c x) − ahy)
+
+(d, e per batch: flow_step d = dt, e = dt·lam; normal/dc_gradient e = −1), with the backward of
+docs/operators.md. Used when W = 16·N2 with N2 ≤ 64 (``supported``; fastMRI's knee 368 and brain
+320); other widths take the 2-D path (fft_epilogue.py).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
+from ._common import _cload, _cstore
 
 N1 = 16  # the power-of-two factor of W (one MMA K-step of 16)
 
@@ -100,19 +106,6 @@ def _project(zr, zi, f1_ptr, f2_ptr, twr, twi, m_ptr, mrow, W, N2,
     yr = ur * tr + ui * ti  # conj twiddle
     yi = ui * tr - ur * ti
     return _cmm(yr, yi, f1_ptr, f1off, 256, True, PREC)  # inverse step 1 -> [(c, n2), n1]
-
-
-@triton.jit
-def _cload(ptr, offs, msk):
-    re = tl.load(ptr + 2 * offs, mask=msk, other=0.0)
-    im = tl.load(ptr + 2 * offs + 1, mask=msk, other=0.0)
-    return re, im
-
-
-@triton.jit
-def _cstore(ptr, offs, re, im, msk):
-    tl.store(ptr + 2 * offs, re, mask=msk)
-    tl.store(ptr + 2 * offs + 1, im, mask=msk)
 
 
 @triton.jit
@@ -191,8 +184,11 @@ def _mn_bwd_kernel(
     NEED_X: tl.constexpr, NEED_S: tl.constexpr, NEED_R: tl.constexpr, PASS: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Backward of the generic forward (formulas of flow_step._row_bwd_kernel), one program per row,
-    in launches of ONE projection each (a kernel with both projections spilled registers):
+    """Backward of the generic forward (docs/operators.md, backward), one program per row, in
+    launches of ONE projection each (a kernel with both projections spilled registers):
+
+    grad_x = [HAS_X]·g − e·Σ_c conj(S_c) P(S_c g)   (AᴴA is Hermitian)
+    grad_S_c = −e·[P(S_c x)·conj(g) + conj(x)·P(S_c g)]   (the −q_c term is added by the caller)
 
     PASS 1 (when NEED_S or NEED_R): t_c = P(S_c x); writes t_c into the grad_S buffer (NEED_S)
         and part[row] = (Re Σ_w conj(g)·r, Re Σ_w conj(g)·v), r = Σ_c conj(S_c) t_c − ahy (NEED_R;
