@@ -122,16 +122,29 @@ _MMA_SHAPE = {  # SASS opcode prefix -> (m, n, k) per instruction (per warp; HGM
 }
 
 
+def _mma_shape(op: str) -> tuple[int, int, int]:
+    """(m, n, k) of one mma.sync instruction. nvdisasm spells HMMA shapes as digits ("HMMA.1688")
+    but DMMA shapes with separators ("DMMA.8x8x4" for PTX m8n8k4, "DMMA.16x8x16" for m16n8k16: the
+    fp64 shape differs between Triton versions), so both spellings are read; a shape neither
+    spelling gives is an error, not a guess (a wrong guess scales the predicted tensor time)."""
+    base = op.split(".")
+    m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", base[1]) if len(base) > 1 else None
+    if m:
+        return tuple(int(g) for g in m.groups())
+    key = ".".join(base[:2])
+    if key not in _MMA_SHAPE:
+        raise ValueError(f"unknown tensor-core instruction shape: {op}")
+    return _MMA_SHAPE[key]
+
+
 def _mma_flops(op: str) -> tuple[str, float]:
     """(unit, flops) of one tensor-core instruction; unit is 'tf32', 'bf16', 'fp64_tc'."""
-    base = op.split(".")
     if op.startswith("HGMMA"):  # HGMMA.64xNxK.F32.TF32 ... issued once per warpgroup (4 warps)
         m = re.match(r"HGMMA\.(\d+)x(\d+)x(\d+)", op)
         mm, nn, kk = (int(g) for g in m.groups())
         unit = "tf32" if "TF32" in op else ("fp64_tc" if "F64" in op else "bf16")
         return unit, 2.0 * mm * nn * kk / 4  # per issuing warp
-    key = ".".join(base[:2])
-    m, n, k = _MMA_SHAPE.get(key, (16, 8, 8))
+    m, n, k = _mma_shape(op)
     if op.startswith("DMMA"):
         return "fp64_tc", 2.0 * m * n * k
     unit = "tf32" if "TF32" in op else "bf16"

@@ -6,7 +6,8 @@ shipped row-kernel variants are compiled for sm_90 on the CPU (Triton's bundled 
 subprocess without TRITON_INTERPRET) and must report zero spill stores and loads, fit shared
 memory, and keep at least one CTA per SM. CI compiles every modelled launch (forward and the
 backward's passes, complex64 and complex128, knee and brain) two at a time; ``-m slow`` adds the
-other forward flag sets.
+other forward flag sets. The Triton 3.6.0 pass of .ci/run runs the same compile under that Triton,
+where the complex128 launches have the measured spills of ``KNOWN_SPILLS``.
 
 The parity tests run the factored-DFT kernels under the interpreter against the complex128 oracle
 of tests/test_triton.py, at widths W = 16·N2 (N2 = 3, 5, 23 — the knee's 368), plus column masks
@@ -58,11 +59,23 @@ print("ROWS" + json.dumps(rows))
 """
 
 
+# Spill bytes (stores, loads) of shipped launches under an older Triton (.ci/run sets
+# FLAT_TRITON_COMPAT and shadows the pinned Triton), measured with its bundled ptxas for sm_90.
+# Triton 3.6.0 emits the fp64 products as m16n8k16 DMMA (the pinned 3.9: m8n8k4) and the complex128
+# forward and backward passes 1–2 then exceed 255 registers in every launch configuration tried
+# (flat_kernels/NOTES.md, "Row kernel tiles"). Pinned exactly: any other spill, or a change of
+# these, fails; everything not listed must not spill.
+KNOWN_SPILLS = {"3.6.0": {
+    f"monarch.{k} c128 ieee {wl}": sp for wl in ("knee", "brain")
+    for k, sp in (("row_fwd", (152, 172)), ("row_bwd.1", (172, 144)), ("row_bwd.2", (116, 120)))}}
+
+
 def _check(rows):
     assert rows
+    known = KNOWN_SPILLS.get(os.environ.get("FLAT_TRITON_COMPAT", ""), {})
     for r in rows:
         assert "error" not in r, f"{r['label']}: {r.get('error')}"
-        assert r["spill_st"] == 0 and r["spill_ld"] == 0, (
+        assert (r["spill_st"], r["spill_ld"]) == known.get(r["label"], (0, 0)), (
             f"{r['label']}: {r['spill_st']} B spill stores, {r['spill_ld']} B spill loads ({r['regs']} registers)")
         assert r["shared"] <= 227 * 1024, f"{r['label']}: {r['shared']} B shared memory > 227 KB"
         assert r["ctas"] >= 1, f"{r['label']}: no CTA fits an SM ({r['regs']} registers, {r['shared']} B shared)"
@@ -115,6 +128,19 @@ def test_sass_loop_counter_on_a_known_kernel():
     assert c["by_depth"][0]["all"] == 3  # MOV, EXIT and the trap branch after EXIT (not a loop)
     assert c["n_loops"] == 2
     assert rl.occupancy(255, 256, 40 * 1024) == 1 and rl.occupancy(128, 128, 0) == 4
+
+
+def test_mma_flops_per_sass_opcode():
+    """Tensor-core flops per instruction from both spellings nvdisasm uses: digits for HMMA, "x"
+    separators for DMMA (m8n8k4 under Triton 3.9, m16n8k16 under 3.6); an unknown shape is refused."""
+    from flat_kernels import roofline as rl
+
+    assert rl._mma_flops("HMMA.1688.F32.TF32") == ("tf32", 2.0 * 16 * 8 * 8)
+    assert rl._mma_flops("HMMA.16816.F32.BF16") == ("bf16", 2.0 * 16 * 8 * 16)
+    assert rl._mma_flops("DMMA.8x8x4") == ("fp64_tc", 2.0 * 8 * 8 * 4)
+    assert rl._mma_flops("DMMA.16x8x16") == ("fp64_tc", 2.0 * 16 * 8 * 16)
+    with pytest.raises(ValueError, match="HMMA.999"):
+        rl._mma_flops("HMMA.999.F32")
 
 
 # ---------------------------------------------------------------- numerics (interpreter)
