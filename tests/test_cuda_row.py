@@ -7,9 +7,10 @@ of a block (blocks run one after another, as a GPU may schedule them). Shared me
 NaN bytes before every block and outputs with NaN before every launch, so a value read before it is
 written, or an output element never written, fails the comparison.
 
-The backend's own orchestration (flat_kernels/cupy/_engine.py) drives the kernel, with numpy.fft and
-the host-built dc_fused.cu kernels (tests/test_cupy.py) for the parts that stay on the cuFFT path
-(Aᴴy from k-space, grad_S). Checked against the reference backend (flat.ops, complex128) and the
+The backend's own orchestration (flat_kernels/cupy/_engine.py) drives the kernels (the forward
+flat_row_step and the fused backward flat_row_grad), with numpy.fft and the host-built dc_fused.cu
+kernels (tests/test_cupy.py) for the parts that stay on the cuFFT path (Aᴴy from k-space, its q
+stack, grad_y, the fallbacks). Checked against the reference backend (flat.ops, complex128) and the
 independent oracle (tests/oracle.py): even W, W % 4 == 2, odd W, W with a large prime factor (2·101)
 and prime W (367), C = 1, 4, 15, 20, complex64 and complex128, dt/lam per sample, mask shared or per
 sample, coil chunks smaller than C, grids and blocks smaller than the work. Not checked here: NVRTC,
@@ -198,7 +199,8 @@ class RowRuntime(NumpyRuntime):
 # ====================================================================== static checks
 def test_row_signature_matches_source():
     src = ROW_CU.read_text()
-    assert "FLAT_ROW_INSTANTIATE(c64, float, 2)" in src and "FLAT_ROW_INSTANTIATE(c128, double, 1)" in src
+    for fam in ("STEP", "GRAD"):  # complex64 two blocks per SM, complex128 one (test_cuda_compile.py)
+        assert f"FLAT_ROW_{fam}_INSTANTIATE(c64, float, 2)" in src and f"FLAT_ROW_{fam}_INSTANTIATE(c128, double, 1)" in src
     for name, sig in ENG.ROW_SIGNATURES.items():
         start = src.index(f"void __launch_bounds__(FLAT_ROW_THREADS, MINB) flat_{name}_##SUF(")
         params = src[start:src.index(")", src.index("##SUF(", start))].split("(", 2)[2]

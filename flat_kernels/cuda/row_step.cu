@@ -811,7 +811,7 @@ __device__ void flat_row_grad(const typename frow_complex<T>::type* __restrict__
 // ---------------------------------------------------------------- extern "C" instantiations
 // MINB: blocks per SM that ptxas must allow for. complex64 asks for 2 (<= 128 registers; row_plan
 // sizes its shared memory for two blocks per SM); complex128 (254 registers, no spill) runs one.
-#define FLAT_ROW_INSTANTIATE(SUF, T, MINB)                                                             \
+#define FLAT_ROW_STEP_INSTANTIATE(SUF, T, MINB)                                                        \
     extern "C" __global__ void __launch_bounds__(FLAT_ROW_THREADS, MINB) flat_row_step_##SUF(         \
         const frow_complex<T>::type* __restrict__ S, const frow_complex<T>::type* __restrict__ X,     \
         const frow_complex<T>::type* __restrict__ V, const frow_complex<T>::type* __restrict__ R0,    \
@@ -821,7 +821,8 @@ __device__ void flat_row_grad(const typename frow_complex<T>::type* __restrict__
         FLAT_ROW_SMEM(smem);                                                                          \
         flat_row_step<T>(S, X, V, R0, M, a, a_stride, cc, c_stride, out, has_x, has_v, has_r0, B, Cn, \
                          H, W, Bm, Cg, ld, smem);                                                     \
-    }                                                                                                 \
+    }
+#define FLAT_ROW_GRAD_INSTANTIATE(SUF, T, MINB)                                                        \
     extern "C" __global__ void __launch_bounds__(FLAT_ROW_THREADS, MINB) flat_row_grad_##SUF(         \
         const frow_complex<T>::type* __restrict__ S, const frow_complex<T>::type* __restrict__ X,     \
         const frow_complex<T>::type* __restrict__ G, const frow_complex<T>::type* __restrict__ V,     \
@@ -836,5 +837,14 @@ __device__ void flat_row_grad(const typename frow_complex<T>::type* __restrict__
                          smem);                                                                       \
     }
 
-FLAT_ROW_INSTANTIATE(c64, float, 2)
-FLAT_ROW_INSTANTIATE(c128, double, 1)
+// The GPU runtime compiles each family as its own NVRTC module (-DFLAT_ROW_ONLY_STEP or
+// -DFLAT_ROW_ONLY_GRAD, flat_kernels/cupy/_runtime.py), so a forward-only run never compiles the
+// backward; nvcc (tests/test_cuda_compile.py, flat_kernels/roofline.py) and the host shim build both.
+#ifndef FLAT_ROW_ONLY_GRAD
+FLAT_ROW_STEP_INSTANTIATE(c64, float, 2)
+FLAT_ROW_STEP_INSTANTIATE(c128, double, 1)
+#endif
+#ifndef FLAT_ROW_ONLY_STEP
+FLAT_ROW_GRAD_INSTANTIATE(c64, float, 2)
+FLAT_ROW_GRAD_INSTANTIATE(c128, double, 1)
+#endif

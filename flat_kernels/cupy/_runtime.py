@@ -7,9 +7,11 @@
   an LRU cache keyed by (device, shape, dtype, axes) and executed **in place and unscaled**
   (``plan.fft(a, a, direction)``) on the current stream; the 1/N factors are folded into the
   epilogue kernels.
-* The one-pass row kernel (column masks): ``flat_kernels/cuda/row_step.cu``, its own
-  ``cupy.RawModule``, functions ``flat_row_step_<c64|c128>``, launched on a grid of (H, B) blocks of
-  ``ROW_THREADS`` threads with dynamic shared memory (the opt-in above 48 KB set per function).
+* The one-pass row kernels (column masks): ``flat_kernels/cuda/row_step.cu``, one
+  ``cupy.RawModule`` per family (``flat_row_step_<c64|c128>`` built with ``-DFLAT_ROW_ONLY_STEP``,
+  the fused backward ``flat_row_grad_<c64|c128>`` with ``-DFLAT_ROW_ONLY_GRAD``: inference never
+  compiles the backward), launched on a grid of (H, B) blocks of ``ROW_THREADS`` threads with
+  dynamic shared memory (the opt-in above 48 KB set per function).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class CupyRuntime:
     def __init__(self, device):
         self.device = device
         self._module = None
-        self._row_module = None
+        self._row_modules = {}
         self._smem = None
         self._funcs = {}
         self._plans: collections.OrderedDict = collections.OrderedDict()
@@ -150,9 +152,12 @@ class CupyRuntime:
         key = f"flat_{name}_{suffix}"
         fn = self._funcs.get(key)
         if fn is None:
-            if self._row_module is None:
-                self._row_module = cupy.RawModule(code=_ROW_SRC.read_text(), options=("--std=c++14",))
-            fn = self._row_module.get_function(key)
+            mod = self._row_modules.get(name)
+            if mod is None:  # one module per kernel family (row_step.cu: FLAT_ROW_ONLY_*)
+                only = {"row_step": "FLAT_ROW_ONLY_STEP", "row_grad": "FLAT_ROW_ONLY_GRAD"}[name]
+                mod = self._row_modules[name] = cupy.RawModule(code=_ROW_SRC.read_text(),
+                                                               options=("--std=c++14", f"-D{only}"))
+            fn = mod.get_function(key)
             # allow the largest size row_plan may ask for (above 48 KB needs the opt-in)
             fn.max_dynamic_shared_size_bytes = self.row_smem_limits(dtype)[-1]
             self._funcs[key] = fn
