@@ -524,6 +524,14 @@ def test_row_kernel_can_be_switched_off(libs, monkeypatch):
     rt, out, want = _normal_case(libs, 2, 4, 3, 46, torch.complex64)
     assert "row_step" not in rt.launched and "prologue" in rt.launched
     assert_rel_close(_t(out), want, dtype=torch.complex64, name="FLAT_CUPY_ROW_KERNEL=0")
+    # the fused backward is switched off with it: grad_S on the cuFFT path
+    low, hi = _inputs(2, 4, 3, 46, torch.complex64, True, seed=2)
+    rt = RowRuntime(*libs)
+    needs = (True, True, False)
+    got = ENG.Engine(rt).normal_backward(_np(low["g"]), (_np(low["x"]), _np(low["S"]), _np(low["mask"])), needs)
+    assert not {"row_step", "row_grad"} & set(rt.launched) and "grad_sens" in rt.launched
+    want = ref.normal_backward(hi["g"], (hi["x"], hi["S"], hi["mask"]), needs)
+    assert_rel_close(_t(got[1]), want[1], rtol=GRAD_RTOL[torch.complex64], name="FLAT_CUPY_ROW_KERNEL=0 grad_S")
 
 
 # ====================================================================== the fused backward (grad_S)
