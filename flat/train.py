@@ -28,6 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from flat.checkpoint import BEST_FILE, MODEL_FILE, STATE_FILE, read_train_state, save_model, save_train_state
+from flat.coils import MapCache
 from flat.data.slices import EpochBatches, TrainSlices, collate, default_workers, epoch_order, make_loader
 from flat.flow.loss import flat_loss
 from flat.io import write_jsonl
@@ -115,7 +116,10 @@ class Run:
         self.log(f"device {device}, data-consistency backend {resolve(backend, device.type)}")
 
         tc = self.tc
-        self.data = TrainSlices(train_root, cfg.data, tc.seed)
+        # model.sens=espirit: maps computed once per slice by the data pipeline, not per forward
+        maps = "espirit" if cfg.model.sens == "espirit" else None
+        self.data = TrainSlices(train_root, cfg.data, tc.seed, maps=maps)
+        self.val_maps = MapCache(maps) if maps else None
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model = FlatModel(cfg.model).to(device)
         self.model.set_memory_levers(tc.checkpoint_cascades, tc.amp)  # docs/training.md
@@ -213,8 +217,9 @@ class Run:
         tc, model = self.tc, self.model
         dev = {"device": self.device, "non_blocking": True}  # pinned on CUDA: the copy overlaps
         kspace = b["kspace"].to(**dev)
+        sens = b["sens"].to(**dev) if "sens" in b else None
         o = self.net(b["masked_kspace"].to(**dev), b["mask"].to(**dev), b["num_low_frequencies"].to(**dev),
-                     backend=self.backend)
+                     sens=sens, backend=self.backend)
         # the straight path's end point is a target: no gradient into (learned) coil maps through it
         x_gt = model.target_image(kspace, o).detach() if self.velocity_weight > 0 else None
         loss, parts = flat_loss(o.images, o.times, o.scale, b["target"].to(**dev), b["max_value"].to(**dev),
@@ -286,7 +291,7 @@ class Run:
         """Validate (every rank its share of whole volumes, metrics gathered: flat/validation.py);
         rank 0 logs the result, appends it to the history and ``metrics.jsonl``, and writes
         ``best.pt`` when the SSIM is the best so far."""
-        res = validate(self.model, self.val_root, self.cfg.data, backend=self.backend,
+        res = validate(self.model, self.val_root, self.cfg.data, backend=self.backend, maps=self.val_maps,
                        progress=self.progress and self.rank == 0, rank=self.rank, world=self.world)
         if self.rank == 0:
             res.update(epoch=self.epoch, step=self.global_step)

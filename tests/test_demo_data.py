@@ -106,3 +106,48 @@ def test_cli(tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "d").rglob(".*tmp"))
     assert run_cli(["data", "demo", tmp_path / "e", "--matrix", "999"], monkeypatch) == 1
     assert "matrix" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_varied_training_set(tmp_path, monkeypatch):
+    """varied=True: the training slabs become acquisitions of varied matrix, coils, noise, contrast
+    and orientation (small sizes here to keep the test fast); val/test keep the fixed acquisition."""
+    import re
+
+    import torch
+
+    import flat.ops as fo
+
+    monkeypatch.setattr(demo, "VARIED_MATRICES", ((24, 0.5), (40, 0.5)))  # > the 32 asset size too
+    monkeypatch.setattr(demo, "VARIED_COILS", (2, 3, 5))
+    monkeypatch.setattr(demo, "ASSET_SIZE", 32)
+    monkeypatch.setattr(demo, "load_assets", lambda: {k: v[:, ::5, ::5][:, :32, :32] for k, v in _assets().items()})
+    files = demo.write_demo_dataset(tmp_path / "a", seed=0, matrix=32, num_coils=4, varied=True)
+    chunks = sum(-(-demo.load_assets()[name].shape[0] // demo.VARIED_CHUNK)
+                 for s, name, *_ in demo.VOLUMES if s == "train")
+    assert len(files["train"]) == chunks and len(files["val"]) == 2 and len(files["test"]) == 2
+    seen = set()
+    for p in files["train"]:
+        with h5py.File(p, "r") as f:
+            k, t, sim = f["kspace"][()], f["reconstruction_rss"][()], f.attrs["simulation"]
+        n, c = (int(v) for v in re.match(r"matrix (\d+), (\d+) coils", sim).groups())
+        assert k.shape[1:] == (c, n, n) and k.shape[0] <= demo.VARIED_CHUNK
+        rss = fo.rss(fo.ifft2c(torch.from_numpy(k)), dim=1).numpy()
+        np.testing.assert_allclose(rss, t, rtol=1e-4, atol=1e-4 * float(t.max()))
+        seen.add((n, c))
+    assert len({n for n, _ in seen}) == 2 and len({c for _, c in seen}) >= 2  # it does vary
+    for p in files["val"] + files["test"]:
+        with h5py.File(p, "r") as f:
+            assert f["kspace"].shape[1:] == (4, 32, 32)
+    again = demo.write_demo_dataset(tmp_path / "b", seed=0, matrix=32, num_coils=4, varied=True)
+    for a, b in zip(files["train"], again["train"]):
+        with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+            np.testing.assert_array_equal(fa["kspace"][()], fb["kspace"][()])
+
+
+_ASSETS = {}
+
+
+def _assets():
+    if not _ASSETS:
+        _ASSETS.update(np.load(demo.ASSET_FILE))
+    return _ASSETS

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flat.data.demo import coil_sensitivities, load_assets, simulate_volume
+from flat.coils import estimate_maps, network_maps
 from flat.espirit import espirit_maps
 
 
@@ -135,7 +136,7 @@ def test_map_cache_computes_once_per_slice_and_flips():
     k, _, _ = _volume(n=32, coils=4, slices=2)
     cache = MapCache()
     a = cache.get("vol.h5", 1, k[1], 8)
-    assert torch.equal(a, espirit_maps(k[1:2], 8)[0])
+    assert torch.equal(a, network_maps(k[1:2], 8)[0])
     assert cache.get("vol.h5", 1, torch.zeros_like(k[1]), 8) is a  # cached: the k-space is not read again
     assert torch.equal(cache.get("vol.h5", 1, k[1], 8, flip_dims=(-1,)), torch.flip(a, (-1,)))
     assert len(cache.files["vol.h5"]) == 1
@@ -158,8 +159,27 @@ def test_model_sens_espirit_uses_espirit_maps():
     y = k * mask
     with torch.no_grad():
         out = model(y, mask, 8)
-    # the model sees k-space divided by a positive scale; ESPIRiT maps do not depend on it
+    # the model sees k-space divided by a positive scale; its maps do not depend on it
     # (up to complex64 rounding: measured max difference 1.0e-4 of unit-norm maps)
-    want = espirit_maps(y, 8)
+    want = network_maps(y, 8)
     assert torch.equal(out.sens.abs().sum(1) > 0, want.abs().sum(1) > 0)
     assert torch.allclose(out.sens, want, atol=1e-3)
+
+
+def test_network_maps_are_espirit_maps_that_leave_nearly_real_images():
+    """network_maps = ESPIRiT maps times a per-pixel phase (so SENSE is unchanged) chosen so the
+    coil-combined image is nearly real and positive, as with ACS maps (docs/classical.md)."""
+    import flat.ops as fo
+
+    k, _, target = _volume(n=64, coils=8, slices=2)
+    plain, rotated = espirit_maps(k, 16), network_maps(k, 16)
+    inside = plain.abs().sum(1) > 0
+    assert torch.equal(inside, rotated.abs().sum(1) > 0)
+    assert (_inner(rotated, plain)[inside] >= 1 - 1e-5).all()  # |<S', S>| = 1: only a phase differs
+    obj = _object(target) & inside
+    for maps, near_real in ((plain, False), (rotated, True)):
+        x = fo.sens_reduce(k, maps)[obj]
+        frac = (x.real.clamp_min(0) / x.abs()).median().item()  # cos of the phase, 1 = real positive
+        assert (frac > 0.99) == near_real, frac
+    acs = network_maps(k, 16, "acs")
+    assert torch.equal(acs, estimate_maps(k, 16, "acs"))  # ACS maps are left as they are

@@ -261,3 +261,31 @@ def test_distributed_validation_equals_single_process(tmp_path):
     names = ["a", "b", "c", "d", "e"]
     parts = [rank_volumes(names, r, 2) for r in range(2)]
     assert parts == [["a", "b", "c"], ["d", "e"]] and rank_volumes(names, 0, 1) == names
+
+
+def test_espirit_maps_come_from_the_data_pipeline_once_per_slice(tiny_data, tmp_path, monkeypatch):
+    """model.sens=espirit: ESPIRiT runs once per (slice, centre width) in the data pipeline and
+    validation, never inside the model's forward; the model gets exactly the cached maps."""
+    import flat.coils
+    from flat.model.flat import FlatModel
+
+    calls, seen = [], []
+    real = flat.coils.estimate_maps
+    monkeypatch.setattr(flat.coils, "estimate_maps", lambda k, nl, *a, **kw: calls.append(k.shape[0]) or real(k, nl, *a, **kw))
+    forward = FlatModel.forward
+    monkeypatch.setattr(FlatModel, "forward", lambda self, *a, sens=None, **kw: seen.append(sens is not None)
+                        or forward(self, *a, sens=sens, **kw))
+    cfg = _cfg("model.sens=espirit", "train.epochs=3", "train.workers=0")
+    train(cfg, tiny_data / "train", tiny_data / "val", tmp_path / "run", progress=False, echo=False)
+    slices = lambda d: sum(1 for f in sorted((tiny_data / d).glob("*.h5")) for _ in range(_num_slices(f)))
+    assert seen and all(seen)  # every forward, training and validation, got maps
+    # one ESPIRiT per training slice (cached over the 3 epochs) plus one per validation slice
+    # (cached over the validations): the tiny preset has one centre fraction, so one width
+    assert sum(calls) == slices("train") + slices("val")
+
+
+def _num_slices(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["kspace"].shape[0]

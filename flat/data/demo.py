@@ -103,9 +103,10 @@ def _slice(vol: np.ndarray, orientation: str, i: int) -> np.ndarray:
     return vol[::-1, :, i]
 
 
-def asset_slice(vol: np.ndarray, orient: str, i: int) -> np.ndarray:
+def asset_slice(vol: np.ndarray, orient: str, i: int, size: int = ASSET_SIZE) -> np.ndarray:
     """Slice ``i`` of the 1 mm atlas volume in ``orient``, centred on the field of view and resampled
-    to ASSET_SIZE² (cubic, anti-aliased), rounded and clipped to the 0–255 range of the shipped assets."""
+    to ``size``² (ASSET_SIZE for the shipped assets; cubic, anti-aliased), rounded and clipped to the
+    0–255 range of the shipped assets."""
     from skimage.transform import resize
 
     s = _slice(vol, orient, i)
@@ -113,7 +114,7 @@ def asset_slice(vol: np.ndarray, orient: str, i: int) -> np.ndarray:
     pad = np.zeros((n, n))
     t, l = (n - s.shape[0]) // 2, (n - s.shape[1]) // 2
     pad[t : t + s.shape[0], l : l + s.shape[1]] = s
-    r = resize(pad, (ASSET_SIZE, ASSET_SIZE), order=3, anti_aliasing=True, mode="constant")
+    r = resize(pad, (size, size), order=3, anti_aliasing=True, mode="constant")
     return np.clip(np.rint(r), 0, 255)
 
 
@@ -155,13 +156,18 @@ def _ifft2c(x: np.ndarray) -> np.ndarray:
 
 def _resample(img: np.ndarray, n: int) -> np.ndarray:
     """Magnitude at matrix ``n`` on the same field of view: keep the central n x n of k-space (a
-    lower-resolution acquisition of the same object), orthonormal scaling preserved."""
+    lower-resolution acquisition of the same object), or, for ``n`` above the asset's size, pad
+    k-space with zeros (the same object on a finer grid, with no detail beyond the asset's);
+    orthonormal scaling preserved."""
     N = img.shape[-1]
     if n == N:
         return img.astype(np.float64)
-    if n > N:
-        raise ValueError(f"matrix {n} exceeds the asset resolution {N}")
     k = _fft2c(img.astype(np.float64))
+    if n > N:
+        s = (n - N + 1) // 2
+        big = np.zeros(k.shape[:-2] + (n, n), dtype=k.dtype)
+        big[..., s : s + N, s : s + N] = k
+        return np.abs(_ifft2c(big)) * (n / N)
     s = (N - n + 1) // 2
     return np.abs(_ifft2c(k[..., s : s + n, s : s + n])) * (n / N)
 
@@ -274,14 +280,44 @@ def write_fastmri_file(path, kspace: np.ndarray, target: np.ndarray, header: byt
     return Path(path)
 
 
+# The varied training set (``write_demo_dataset(varied=True)``, what ``flat demo`` trains on):
+# every VARIED_CHUNK slices of a training slab are one acquisition with its own matrix, coil count,
+# noise level, contrast and orientation, so the networks see what a user's data varies
+# (docs/model.md, "Training data that transfers"). Larger matrices are rarer: a step costs ~n².
+VARIED_MATRICES = ((128, 0.4), (160, 0.25), (192, 0.2), (256, 0.15))
+VARIED_COILS = (4, 6, 8, 12, 16)
+VARIED_NOISE = (0.5, 1.0, 2.0)    # x demo_sizes["noise_std"]
+VARIED_GAMMA = (0.8, 1.0, 1.25)   # contrast: the monotone transform m -> 255·(m/255)^γ
+VARIED_CHUNK = 10
+
+
+def _varied_acquisitions(mags: np.ndarray, rng: np.random.Generator):
+    """Split a training slab into acquisitions of VARIED_CHUNK slices, each with its own draw:
+    yields (slices, matrix, coils, noise factor, gamma, transposed)."""
+    sizes, p = zip(*VARIED_MATRICES)
+    for start in range(0, mags.shape[0], VARIED_CHUNK):
+        part = mags[start : start + VARIED_CHUNK].astype(np.float64)
+        matrix = int(rng.choice(sizes, p=p))
+        coils = int(rng.choice(VARIED_COILS))
+        noise = float(rng.choice(VARIED_NOISE))
+        gamma = float(rng.choice(VARIED_GAMMA))
+        transposed = bool(rng.random() < 0.5)  # the anatomy turned by 90°: phase encoding along the other axis
+        if transposed:
+            part = part.swapaxes(-1, -2)
+        yield 255.0 * (part / 255.0) ** gamma, matrix, coils, noise, gamma, transposed
+
+
 def write_demo_dataset(out_dir, *, seed: int = 0, matrix: Optional[int] = None,
-                       num_coils: Optional[int] = None, progress: bool = False) -> dict[str, list[Path]]:
+                       num_coils: Optional[int] = None, varied: bool = False,
+                       progress: bool = False) -> dict[str, list[Path]]:
     """Write the demo set under ``out_dir/{train,val,test}/`` as fastMRI multicoil files.
 
     Returns ``{"train": [...], "val": [...], "test": [...]}`` (paths, sorted). Deterministic in
     ``seed``; each volume draws from its own generator, so volumes do not depend on each other.
-    ``matrix`` (<= 160) and ``num_coils`` override :data:`demo_sizes`. Each file appears whole or not
-    at all.
+    ``matrix`` (<= 160) and ``num_coils`` override :data:`demo_sizes`. ``varied``: the training
+    slabs become acquisitions of varied matrix (128–256), coils (4–16), noise, contrast and
+    orientation (:data:`VARIED_MATRICES` …), one file per :data:`VARIED_CHUNK` slices; val and test
+    keep ``matrix`` / ``num_coils``. Each file appears whole or not at all.
     """
     # None means the default; 0 is a size, and refused below like any other bad one
     matrix = int(demo_sizes["matrix"] if matrix is None else matrix)
@@ -305,6 +341,20 @@ def write_demo_dataset(out_dir, *, seed: int = 0, matrix: Optional[int] = None,
         it = tqdm(it, desc="demo data", unit="vol", file=sys.stderr, leave=False)
     for vi, (split, name, orient, first, stop, step) in it:
         rng = np.random.default_rng([seed, vi])
+        if varied and split == "train":
+            for ci, (mags, n, coils, noise, gamma, transposed) in enumerate(_varied_acquisitions(assets[name], rng)):
+                kspace, target = simulate_volume(mags, rng, matrix=n, num_coils=coils,
+                                                 noise_std=noise * demo_sizes["noise_std"], scale=demo_sizes["scale"])
+                header = ismrmrd_header(n, ASSET_FOV_MM, coils, kspace.shape[0], float(step))
+                path = out_dir / split / f"demo_{split}_{vi:02d}{chr(97 + ci)}_{name}.h5"
+                write_fastmri_file(path, kspace, target, header, {
+                    "acquisition": ACQUISITION[orient], "patient_id": patient, "source": SOURCE_NOTE,
+                    "anatomy": f"{orient} slices {first}:{stop}:{step} of Colin27 (1 mm), part {ci}"
+                               + (", turned 90°" if transposed else ""),
+                    "simulation": f"matrix {n}, {coils} coils, noise x{noise:g}, contrast gamma {gamma:g}",
+                })
+                out[split].append(path)
+            continue
         kspace, target = simulate_volume(
             assets[name], rng, matrix=matrix, num_coils=num_coils,
             noise_std=demo_sizes["noise_std"], scale=demo_sizes["scale"],

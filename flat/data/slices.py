@@ -8,11 +8,13 @@ undersampling mask and flips of sample i in epoch e are seeded by (seed, e, i)
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import torch
 
 import flat.ops as fo
+from flat.coils import MapCache
 from flat.data.fastmri import SliceDataset
 from flat.data.masks import apply_mask, create_mask_for_mask_type
 
@@ -56,7 +58,8 @@ class TrainSlices:
     no HDF5 handle crosses a fork.
     """
 
-    def __init__(self, root, data_cfg, seed: int):
+    def __init__(self, root, data_cfg, seed: int, maps: Optional[str] = None):
+        self.maps = None if maps is None else MapCache(maps)
         self.raw = SliceDataset(root, transform=None, require_target=True)
         self.mask_func = create_mask_for_mask_type(
             data_cfg.mask_type, list(data_cfg.center_fractions), list(data_cfg.accelerations))
@@ -78,16 +81,16 @@ class TrainSlices:
 
     def _sample(self, epoch: int, i: int) -> dict:
         kspace, _, target, attrs, fname, slice_num = self.raw[self.indices[i]]
-        k = torch.as_tensor(np.ascontiguousarray(kspace)).to(torch.complex64)  # (C, H, W)
+        k = raw_k = torch.as_tensor(np.ascontiguousarray(kspace)).to(torch.complex64)  # (C, H, W)
         tgt = torch.as_tensor(np.asarray(target, dtype=np.float32))  # (h, w)
         C, H, W = k.shape
         pad_l, pad_r = int(attrs.get("padding_left", 0)), int(attrs.get("padding_right", W))
+        dims: list[int] = []
         if self.augment:
             g = torch.Generator().manual_seed(_seed_int(self.seed, epoch, i, 1))
             flip_h, flip_w = torch.rand(2, generator=g) < 0.5
             # an image flip keeps the centre crop aligned only if the crop margin is even;
             # a W flip would move header padding, so skip it when there is any
-            dims = []
             if flip_h and (H - tgt.shape[-2]) % 2 == 0:
                 dims.append(-2)
             if flip_w and (W - tgt.shape[-1]) % 2 == 0 and pad_l <= 0 and pad_r >= W:
@@ -98,9 +101,12 @@ class TrainSlices:
         mask_seed = (self.seed, epoch, i)
         masked, m, nlf = apply_mask(k, self.mask_func, seed=mask_seed, padding=(max(pad_l, 0), pad_r))
         max_value = float(attrs["max"]) if "max" in attrs else float(tgt.max())
-        return {"masked_kspace": masked.to(torch.complex64).contiguous(), "kspace": k,
-                "mask": m.reshape(-1).bool(), "num_low_frequencies": int(nlf), "target": tgt,
-                "max_value": max_value}
+        out = {"masked_kspace": masked.to(torch.complex64).contiguous(), "kspace": k,
+               "mask": m.reshape(-1).bool(), "num_low_frequencies": int(nlf), "target": tgt,
+               "max_value": max_value}
+        if self.maps is not None:  # from the unflipped slice (only its centre is read), flipped like it
+            out["sens"] = self.maps.get(fname, slice_num, raw_k, int(nlf), flip_dims=dims)
+        return out
 
 
 def collate(samples: list[dict]) -> dict:

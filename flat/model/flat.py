@@ -166,9 +166,9 @@ class FlatModel(nn.Module):
                     return self.sens_net(masked_kspace, num_low_frequencies)
             return self.sens_net(masked_kspace, num_low_frequencies)
         if self.cfg.sens == "espirit":  # normally precomputed once per slice and passed as sens
-            from flat.coils import estimate_maps
+            from flat.coils import network_maps
 
-            return estimate_maps(masked_kspace, num_low_frequencies).to(masked_kspace.dtype)
+            return network_maps(masked_kspace, num_low_frequencies).to(masked_kspace.dtype)
         return fixed_acs_sens(masked_kspace, num_low_frequencies)
 
     def target_image(self, kspace: torch.Tensor, out: FlowOutput) -> torch.Tensor:
