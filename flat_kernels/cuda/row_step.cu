@@ -467,6 +467,20 @@ __device__ void frow_fft(frow_input<T> first, typename frow_complex<T>::type* b0
     *res = other;
 }
 
+// The block's twiddle table ω^m = exp(−2πi·m/W), m < W: sincospi in double precision with the
+// angle reduced to (−π, π], rounded once (docs/row_kernel.md, "Twiddles").
+template <typename T>
+__device__ __forceinline__ void frow_twiddles(typename frow_complex<T>::type* tw, int W, int tid, int nt) {
+    for (int m = tid; m < W; m += nt) {
+        int m2 = 2 * m;
+        if (m2 > W) m2 -= 2 * W;
+        double s, c;
+        sincospi((double)m2 / (double)W, &s, &c);
+        tw[m].x = (T)c;
+        tw[m].y = (T)(-s);
+    }
+}
+
 template <typename T>
 __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__ S,
                               const typename frow_complex<T>::type* __restrict__ X,
@@ -492,14 +506,7 @@ __device__ void flat_row_step(const typename frow_complex<T>::type* __restrict__
     // separate prologue. W = 1 has no stage at all.
     const bool fold = W > 1 && flat_row_has_butterfly(flat_row_next_radix(W));
 
-    for (int m = tid; m < W; m += nt) {  // ω^m, the angle reduced to (−π, π] before sincospi
-        int m2 = 2 * m;
-        if (m2 > W) m2 -= 2 * W;
-        double s, c;
-        sincospi((double)m2 / (double)W, &s, &c);
-        tw[m].x = (T)c;
-        tw[m].y = (T)(-s);
-    }
+    frow_twiddles<T>(tw, W, tid, nt);
     const T inv_w = (T)(1.0 / (double)W);
     const int ish = W / 2;  // ifftshift read offset
 
@@ -666,14 +673,7 @@ __device__ void flat_row_grad(const typename frow_complex<T>::type* __restrict__
     const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
     const bool fold = W > 1 && flat_row_has_butterfly(flat_row_next_radix(W));  // as flat_row_step
 
-    for (int m = tid; m < W; m += nt) {
-        int m2 = 2 * m;
-        if (m2 > W) m2 -= 2 * W;
-        double s, c;
-        sincospi((double)m2 / (double)W, &s, &c);
-        tw[m].x = (T)c;
-        tw[m].y = (T)(-s);
-    }
+    frow_twiddles<T>(tw, W, tid, nt);
     const T inv_w = (T)(1.0 / (double)W);
     const int ish = W / 2;
     const long long HW = (long long)H * W;
