@@ -231,9 +231,9 @@ def _triton_variants(quick: bool = False) -> list[dict]:
             for mod, res_only in mods:
                 fam = mod.__name__.rsplit(".", 1)[-1]
                 for kind in ("fwd", "bwd"):
-                    cfg = mod.launch_config(kind, C, W, real)
+                    cfg = mod.launch_config(kind, C, W, real, prec=prec)
                     nw = cfg.pop("num_warps")
-                    fn = f"{mod.__name__}:{mod.KERNELS[kind]}"
+                    fn = f"{mod.__name__}:{mod.kernel_name(kind, real, prec)}"
                     nsplit = cfg.get("NSPLIT", 1)
                     trips = mod.loop_trips(kind, C, W, n_s, cfg)
                     # floor per batch item: fwd reads S, x, v, ahy, writes x_next;
@@ -263,14 +263,15 @@ def _triton_variants(quick: bool = False) -> list[dict]:
                             resources_only=res_only,
                         ))
                 if dname == "c64" and not quick and not res_only:
-                    cfg = mod.launch_config("fwd", C, W, real)
+                    cfg = mod.launch_config("fwd", C, W, real, prec=prec)
                     nw = cfg.pop("num_warps")
                     cfg.pop("num_stages", None)
-                    names = set(_resolve(f"{mod.__name__}:{mod.KERNELS['fwd']}").arg_names)
+                    fwd_fn = f"{mod.__name__}:{mod.kernel_name('fwd', real, prec)}"
+                    names = set(_resolve(fwd_fn).arg_names)
                     for tag, flags in (("normal", dict(HAS_X=False, HAS_V=False, HAS_AHY=False)),):
                         out.append(dict(backend="triton", kernel=f"{fam}.row_{tag}",
                                         label=f"{fam}.row_{tag} {dname} {prec} {wl}", workload=wl, dtype=dname,
-                                        prec=prec, kind=tag, fn=f"{mod.__name__}:{mod.KERNELS['fwd']}", ptr=ptr,
+                                        prec=prec, kind=tag, fn=fwd_fn, ptr=ptr,
                                         consts={k: val for k, val in dict(cfg, PREC=prec, **flags).items() if k in names},
                                         num_warps=nw, resources_only=True))
     return out

@@ -191,6 +191,14 @@ def test_width_routing():
 
     assert _ops.row_module(368) is monarch and _ops.row_module(320) is monarch and _ops.row_module(48) is monarch
     assert _ops.row_module(367) is None and _ops.row_module(202) is None and _ops.row_module(372) is None
+    # the _mt_ kernels (complex64 tf32x3 only) from Triton 3.9 on: 3.6.0 spills them (NOTES.md)
+    import triton
+
+    new = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+    assert monarch.MT_ROW == new
+    for kind in ("fwd", "bwd"):
+        assert monarch.kernel_name(kind, "fp32", "tf32x3") == (f"_mt_{kind}_kernel" if new else f"_mn_{kind}_kernel")
+        assert monarch.kernel_name(kind, "fp32", "ieee") == monarch.kernel_name(kind, "fp64", "ieee") == f"_mn_{kind}_kernel"
 
 
 @pytest.mark.parametrize("dtype", [C64, C128], ids=["c64", "c128"])
@@ -270,6 +278,26 @@ def test_factored_dft_tables():
     assert np.abs(got - np.fft.fft(z, norm="ortho")).max() <= 1e-13
 
 
+def test_split_tables():
+    """monarch.split_tables: Gauss planes (Tr, Ti − Tr, −(Tr + Ti)) of the float64 tables, each as
+    hi + lo with both halves tf32 values (low 13 mantissa bits zero) summing to the plane to 2^-22."""
+    import numpy as np
+
+    from flat_kernels.triton import monarch
+
+    W = 368
+    f1, f2, twr, twi = (t.numpy() for t in monarch.tables(W, torch.float64, torch.device("cpu")))
+    g1, g2, tr, ti = (t.numpy() for t in monarch.split_tables(W, torch.device("cpu")))
+    assert np.array_equal(tr, twr.astype(np.float32)) and np.array_equal(ti, twi.astype(np.float32))
+    for f, g in ((f1, g1), (f2, g2)):
+        want = np.stack([f[0], f[1] - f[0], -(f[0] + f[1])])
+        assert g.shape == (6,) + f.shape[1:] and g.dtype == np.float32
+        assert not (g.view(np.uint32) & np.uint32(0x1FFF)).any()
+        got = g[0::2].astype(np.float64) + g[1::2]
+        assert (np.abs(got - want) <= 2.0 ** -21 * np.abs(want)).all()  # 11 + 11 significant bits
+        assert np.abs(g[1::2]).max() <= 2.0 ** -11 * np.abs(want).max()  # hi rounded to nearest
+
+
 # ---------------------------------------------------------------- tf32x3 error, emulated in numpy
 def _tf32(a):
     """Round float32 to tf32 (10 explicit mantissa bits, round to nearest) as cvt.rna.tf32.f32."""
@@ -277,6 +305,39 @@ def _tf32(a):
 
     u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _trunc(a):
+    """float32 with the low 13 mantissa bits cleared: what an mma .tf32 operand keeps of an fp32 value."""
+    import numpy as np
+
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return (u & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _gauss_split_cmm(x, F, conj):
+    """monarch._gmm emulated: Gauss' three products with the table planes (Fr, Fi − Fr, −(Fr + Fi))
+    pre-split in float64 as monarch._hi_lo does, the data split as monarch._split does (hi rounded to
+    tf32, the remainder truncated by the tensor cores), each product a_lo·b_hi + a_hi·b_lo + a_hi·b_hi
+    with fp32 accumulation."""
+    import numpy as np
+
+    def planes(p):
+        hi = _tf32(p.astype(np.float32))
+        return hi, _tf32((p - hi.astype(np.float64)).astype(np.float32))
+
+    def dot3(a, pl, acc):
+        a = a.astype(np.float32)
+        ah = _tf32(a)
+        al = _trunc(a - ah)  # the tensor cores truncate the fp32 remainder
+        bh, bl = pl
+        return ((acc + al @ bh) + ah @ bl) + ah @ bh
+
+    P0, P1, P2 = planes(F.real), planes(F.imag - F.real), planes(-(F.real + F.imag))
+    xr, xi = x.real.astype(np.float32), x.imag.astype(np.float32)
+    t1 = dot3(xr + xi, P0, np.float32(0))
+    re, im = (dot3(xi, P1, t1), dot3(xr, P2, t1)) if conj else (dot3(xi, P2, t1), dot3(xr, P1, t1))
+    return (re + 1j * im).astype(np.complex64)
 
 
 def _dot(a, b, mode):
@@ -293,7 +354,8 @@ def _dot(a, b, mode):
 
 
 def _project_emulated(z, m, mode):
-    """monarch._project on rows z (R, W), W = 16·N2, with every tl.dot emulated (numpy float32)."""
+    """monarch._project on rows z (R, W), W = 16·N2, with every tl.dot emulated (numpy float32);
+    mode "gauss-split" is monarch._project_t's arithmetic (the same products, transposed tiles)."""
     import numpy as np
 
     R, W = z.shape
@@ -305,6 +367,8 @@ def _project_emulated(z, m, mode):
     tw = np.exp(-2j * np.pi * np.outer(b, a) / W)  # (n2, k1)
 
     def cmm(x, F, conj):
+        if mode == "gauss-split":
+            return _gauss_split_cmm(x, F, conj)
         Fr, Fi = F.real, (-F.imag if conj else F.imag)
         re = _dot(x.real, Fr, mode) - _dot(x.imag, Fi, mode)
         im = _dot(x.real, Fi, mode) + _dot(x.imag, Fr, mode)
@@ -325,7 +389,8 @@ def _project_emulated(z, m, mode):
 def test_factored_projection_tf32x3_error_emulated(W):
     """The interpreter runs tl.dot in exact fp32, so the tensor-core rounding of the default
     complex64 precision is emulated here: the factored projector with tf32x3 stays at fp32-level
-    error (≤ 1e-6 relative to complex128; measured ≈ 2e-7), plain tf32 is ~1e-3 (why it is opt-in)."""
+    error (≤ 1e-6 relative to complex128; measured ≈ 2e-7), and so does the forward's Gauss product
+    with the hand split (measured ≈ 2e-7); plain tf32 is ~1e-3 (why it is opt-in)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -335,6 +400,7 @@ def test_factored_projection_tf32x3_error_emulated(W):
     Fz = np.fft.fft(z.astype(np.complex128), axis=-1, norm="ortho")
     want = np.fft.ifft(np.fft.ifftshift(m) * Fz, axis=-1, norm="ortho")
     err = {mode: np.linalg.norm(_project_emulated(z, m, mode) - want) / np.linalg.norm(want)
-           for mode in ("tf32x3", "tf32")}
+           for mode in ("tf32x3", "tf32", "gauss-split")}
     assert err["tf32x3"] <= 1e-6, err
+    assert err["gauss-split"] <= 1e-6, err  # the complex64 forward's hand split (_mt_fwd_kernel)
     assert err["tf32"] >= 1e-4, err  # the emulation does round: tf32 alone is visibly worse

@@ -51,13 +51,20 @@ def _variants():
             (f"kspace {dname}", fe._kspace_kernel, ptr, 4, None, dict(t, HAS_K=True, MASK_T=False)),
             (f"kbwd {dname}", fe._kbwd_kernel, ptr, 4, None, dict(t, NEED_K=True, NEED_Y=True, NEED_R=True)),
         ]
+    from . import monarch
+
     for v in rl._triton_variants(quick=True):
         if v["dtype"] != "c64":
             continue
+        C, _, W = rl.WORKLOADS[v["workload"]]
         for prec in ROW_PRECISIONS:
+            # the kernels and tiles these precisions launch (tf32x3 has its own _mt_ kernels, monarch.kernel_name)
+            fn = getattr(monarch, monarch.kernel_name(v["kind"], "fp32", prec))
+            cfg = monarch.launch_config(v["kind"], C, W, "fp32", prec=prec)
+            nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages", None)
+            consts = {k: val for k, val in dict(v["consts"], **cfg, PREC=prec).items() if k in fn.arg_names}
             label = f"{v['kernel']} {v['dtype']} {prec} {v['workload']}"
-            out.append((label, rl._resolve(v["fn"]), v["ptr"], v["num_warps"], v.get("num_stages"),
-                        dict(v["consts"], PREC=prec)))
+            out.append((label, fn, v["ptr"], nw, ns, consts))
     return out
 
 

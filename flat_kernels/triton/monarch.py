@@ -27,6 +27,10 @@ The generic step (flat_kernels/NOTES.md, "One generic step"):
 (d, e per batch: flow_step d = dt, e = dt·lam; normal/dc_gradient e = −1), with the backward of
 docs/operators.md. Used when W = 16·N2 with N2 ≤ 64 (``supported``; fastMRI's knee 368 and brain
 320); other widths take the 2-D path (fft_epilogue.py).
+
+The complex64 forward at tf32x3 runs ``_mt_fwd_kernel`` instead (Triton ≥ 3.9): the same step with
+tiles [row, n2] and no transposes, Gauss' three-product complex multiply and a hand tf32x3 split
+(docs/triton_row_kernel.md, "The complex64 forward").
 """
 from __future__ import annotations
 
@@ -266,6 +270,215 @@ def _mn_bwd_kernel(
             _cstore(gx_ptr + 2 * row, wo, oxr, oxi, wm)
 
 
+# ------------------------------------------------------- complex64 forward, transposed tiles (default)
+# docs/triton_row_kernel.md, "The complex64 forward": every tile is [row, n2] (16 × BLOCK_N2), the
+# 16-point stages multiply from the left (table @ data), the N2-point stages from the right, so no
+# transpose is needed; complex products use Gauss' three real products; tf32x3 is split by hand with
+# the tables pre-split on the host; BLOCK_C coil rows run as one batched (3-D) tl.dot.
+@triton.jit
+def _split(a):
+    """a = hi + lo exactly: hi is a rounded to tf32 (10 mantissa bits, to nearest: a truncating
+    split is biased and measured 4× the error, docs/triton_row_kernel.md), lo = a − hi (the tensor
+    cores truncate it to tf32, a 2^-22 relative error of a)."""
+    hi = ((a.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return hi, a - hi
+
+
+@triton.jit
+def _dot3(ah, al, bh, bl, acc, LEFT: tl.constexpr):
+    """acc + a·b in three tf32 products (a_lo·b_hi + a_hi·b_lo + a_hi·b_hi, small terms first);
+    LEFT: the table b is the left operand (b @ a), else the right one (a @ b)."""
+    if LEFT:
+        acc = tl.dot(bh, al, acc=acc, input_precision="tf32")
+        acc = tl.dot(bl, ah, acc=acc, input_precision="tf32")
+        acc = tl.dot(bh, ah, acc=acc, input_precision="tf32")
+    else:
+        acc = tl.dot(al, bh, acc=acc, input_precision="tf32")
+        acc = tl.dot(ah, bl, acc=acc, input_precision="tf32")
+        acc = tl.dot(ah, bh, acc=acc, input_precision="tf32")
+    return acc
+
+
+@triton.jit
+def _gmm(ar, ai, t_ptr, toff, PLANE: tl.constexpr, CONJ: tl.constexpr, LEFT: tl.constexpr):
+    """(ar + i·ai) times the table T or conj(T), Gauss' three real products. T is stored as the
+    planes P0 = Tr, P1 = Ti − Tr, P2 = −(Tr + Ti), each pre-split into hi, lo (``split_tables``):
+    t1 = P0·(ar + ai);  T: re = t1 + P2·ai, im = t1 + P1·ar;  conj(T): re = t1 + P1·ai, im = t1 + P2·ar."""
+    sh, sl = _split(ar + ai)
+    t1 = _dot3(sh, sl, tl.load(t_ptr + toff), tl.load(t_ptr + PLANE + toff), tl.zeros(ar.shape, tl.float32), LEFT)
+    rh, rl = _split(ar)
+    ih, il = _split(ai)
+    p1h = tl.load(t_ptr + 2 * PLANE + toff)
+    p1l = tl.load(t_ptr + 3 * PLANE + toff)
+    p2h = tl.load(t_ptr + 4 * PLANE + toff)
+    p2l = tl.load(t_ptr + 5 * PLANE + toff)
+    if CONJ:
+        rr = _dot3(ih, il, p1h, p1l, t1, LEFT)
+        ri = _dot3(rh, rl, p2h, p2l, t1, LEFT)
+    else:
+        rr = _dot3(ih, il, p2h, p2l, t1, LEFT)
+        ri = _dot3(rh, rl, p1h, p1l, t1, LEFT)
+    return rr, ri
+
+
+@triton.jit
+def _project_t(zr, zi, f1_ptr, f2_ptr, twr, twi, m_ptr, mrow, W, N2,
+               BLOCK_C: tl.constexpr, BLOCK_N2: tl.constexpr):
+    """P z for BLOCK_C coil rows held as Z[c, n1, n2] = z_c[N2·n1 + n2] (BLOCK_C, 16, BLOCK_N2); same layout out."""
+    o16 = tl.arange(0, 16)
+    on2 = tl.arange(0, BLOCK_N2)
+    z0 = tl.arange(0, BLOCK_C)[:, None, None] * 0  # the tables repeat over the coil batch
+    f1off = z0 + (o16[:, None] * 16 + o16[None, :])[None]
+    f2off = z0 + (on2[:, None] * BLOCK_N2 + on2[None, :])[None]
+    twoff = z0 + (on2[None, :] * 16 + o16[:, None])[None]  # [k1, n2] -> twiddle[n2, k1]
+    yr, yi = _gmm(zr, zi, f1_ptr, f1off, 256, False, True)  # Y[c, k1, n2] = F16 @ Z
+    tr = tl.load(twr + twoff)
+    ti = tl.load(twi + twoff)
+    ur = yr * tr - yi * ti
+    ui = yr * ti + yi * tr
+    xr, xi = _gmm(ur, ui, f2_ptr, f2off, BLOCK_N2 * BLOCK_N2, False, False)  # X[c, k1, k2] = U @ F_N2
+    k = z0 + (o16[:, None] + 16 * on2[None, :])[None]
+    km = (z0 == 0) & ((on2 < N2)[None, :] & (o16 >= 0)[:, None])[None]
+    mv = tl.load(m_ptr + mrow * W + (k + W // 2) % W, mask=km, other=0.0)  # ifftshift(m)[k1 + 16·k2]
+    xr = xr * mv
+    xi = xi * mv
+    ur, ui = _gmm(xr, xi, f2_ptr, f2off, BLOCK_N2 * BLOCK_N2, True, False)  # F_N2ᴴ = conj(F_N2)
+    yr = ur * tr + ui * ti  # conj twiddle
+    yi = ui * tr - ur * ti
+    return _gmm(yr, yi, f1_ptr, f1off, 256, True, True)  # Z[c, n1, n2]
+
+
+@triton.jit
+def _mt_fwd_kernel(
+    x_ptr, v_ptr, ahy_ptr, s_ptr,  # (B,H,W,2) x3, (B,C,H,W,2)
+    f1_ptr, f2_ptr, twr, twi, m_ptr,  # split tables (6,16,16) (6,BN2,BN2), twiddle (BN2,16) x2; mask (Bm, W)
+    cd_ptr, ce_ptr, out_ptr,
+    C, H, W, N2, MB,
+    BLOCK_C: tl.constexpr, BLOCK_N2: tl.constexpr,
+    HAS_X: tl.constexpr, HAS_V: tl.constexpr, HAS_AHY: tl.constexpr,
+):
+    """``_mn_fwd_kernel`` for complex64 at tf32x3 (same step, same fixed coil order per batch slot:
+    slot j sums coils j, j + BLOCK_C, …, then the slots are added), transposed tiles, one program per row."""
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    b64 = b.to(tl.int64)
+    mrow = b * MB
+    o16 = tl.arange(0, 16)
+    on2 = tl.arange(0, BLOCK_N2)
+    ob = tl.arange(0, BLOCK_C)
+    w = N2 * o16[:, None] + on2[None, :]  # Z[n1, n2] = z[N2·n1 + n2]
+    wv = (on2 < N2)[None, :] & (o16 >= 0)[:, None]
+    row = (b64 * H + h) * W
+    soff = ob[:, None, None] * (H * W) + w[None]
+    xr, xi = _cload(x_ptr + 2 * row, ob[:, None, None] * 0 + w[None], (ob >= 0)[:, None, None] & wv[None])
+    accr = tl.zeros((BLOCK_C, 16, BLOCK_N2), dtype=tl.float32)
+    acci = tl.zeros((BLOCK_C, 16, BLOCK_N2), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        sbase = s_ptr + 2 * (((b64 * C + c0) * H + h) * W)
+        sr, si = _cload(sbase, soff, (c0 + ob < C)[:, None, None] & wv[None])
+        pr, pi = _project_t(sr * xr - si * xi, sr * xi + si * xr, f1_ptr, f2_ptr, twr, twi, m_ptr, mrow,
+                            W, N2, BLOCK_C, BLOCK_N2)
+        accr += sr * pr + si * pi
+        acci += sr * pi - si * pr
+    accr = tl.sum(accr, axis=0)
+    acci = tl.sum(acci, axis=0)
+    if HAS_AHY:
+        ar, ai = _cload(ahy_ptr + 2 * row, w, wv)
+        accr -= ar
+        acci -= ai
+    e = tl.load(ce_ptr + b)
+    outr = -e * accr
+    outi = -e * acci
+    if HAS_X:
+        yr, yi = _cload(x_ptr + 2 * row, w, wv)
+        outr += yr
+        outi += yi
+    if HAS_V:
+        d = tl.load(cd_ptr + b)
+        vr, vi = _cload(v_ptr + 2 * row, w, wv)
+        outr += d * vr
+        outi += d * vi
+    _cstore(out_ptr + 2 * row, w, outr, outi, wv)
+
+
+@triton.jit
+def _mt_bwd_kernel(
+    g_ptr, x_ptr, v_ptr, ahy_ptr, s_ptr,
+    f1_ptr, f2_ptr, twr, twi, m_ptr,
+    ce_ptr, gx_ptr, gs_ptr, part_ptr,  # (B,) (B,H,W,2) (B,C,H,W,2) (B*H, 2)
+    C, H, W, N2, MB,
+    BLOCK_C: tl.constexpr, BLOCK_N2: tl.constexpr,
+    HAS_X: tl.constexpr, HAS_V: tl.constexpr, HAS_AHY: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_S: tl.constexpr, NEED_R: tl.constexpr, PASS: tl.constexpr,
+):
+    """``_mn_bwd_kernel`` (same passes, same outputs) with the tiles of ``_mt_fwd_kernel``."""
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    b64 = b.to(tl.int64)
+    mrow = b * MB
+    o16 = tl.arange(0, 16)
+    on2 = tl.arange(0, BLOCK_N2)
+    ob = tl.arange(0, BLOCK_C)
+    w = N2 * o16[:, None] + on2[None, :]
+    wv = (on2 < N2)[None, :] & (o16 >= 0)[:, None]
+    row = (b64 * H + h) * W
+    soff = ob[:, None, None] * (H * W) + w[None]
+    w3 = ob[:, None, None] * 0 + w[None]  # an image row repeated over the coil batch
+    wv3 = (ob >= 0)[:, None, None] & wv[None]
+    e = tl.load(ce_ptr + b)
+    if PASS == 1:
+        zr, zi = _cload(x_ptr + 2 * row, w3, wv3)
+    else:
+        zr, zi = _cload(g_ptr + 2 * row, w3, wv3)
+    accr = tl.zeros((BLOCK_C, 16, BLOCK_N2), dtype=tl.float32)
+    acci = tl.zeros((BLOCK_C, 16, BLOCK_N2), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        msk = (c0 + ob < C)[:, None, None] & wv[None]
+        sbase = s_ptr + 2 * (((b64 * C + c0) * H + h) * W)
+        gsbase = gs_ptr + 2 * (((b64 * C + c0) * H + h) * W)
+        sr, si = _cload(sbase, soff, msk)
+        pr, pi = _project_t(sr * zr - si * zi, sr * zi + si * zr, f1_ptr, f2_ptr, twr, twi, m_ptr, mrow,
+                            W, N2, BLOCK_C, BLOCK_N2)
+        if PASS == 1:
+            if NEED_S:
+                _cstore(gsbase, soff, pr, pi, msk)
+        elif PASS == 3:  # −e·[(P(S x) − q)·conj(g) + conj(x)·P(S g)]
+            if NEED_S:
+                tr, ti = _cload(gsbase, soff, msk)
+                xr, xi = _cload(x_ptr + 2 * row, w3, wv3)
+                ur = tr * zr + ti * zi + xr * pr + xi * pi  # z = g in this pass
+                ui = ti * zr - tr * zi + xr * pi - xi * pr
+                _cstore(gsbase, soff, -e * ur, -e * ui, msk)
+        if PASS != 3:
+            accr += sr * pr + si * pi
+            acci += sr * pi - si * pr
+    accr = tl.sum(accr, axis=0)
+    acci = tl.sum(acci, axis=0)
+    g2r, g2i = _cload(g_ptr + 2 * row, w, wv)
+    if PASS == 1:
+        if NEED_R:
+            if HAS_AHY:
+                ar, ai = _cload(ahy_ptr + 2 * row, w, wv)
+                accr -= ar
+                acci -= ai
+            tl.store(part_ptr + 2 * pid, tl.sum(tl.sum(g2r * accr + g2i * acci, axis=1), axis=0))
+            if HAS_V:
+                vr, vi = _cload(v_ptr + 2 * row, w, wv)
+                tl.store(part_ptr + 2 * pid + 1, tl.sum(tl.sum(g2r * vr + g2i * vi, axis=1), axis=0))
+            else:
+                tl.store(part_ptr + 2 * pid + 1, tl.sum(tl.sum(g2r * 0.0, axis=1), axis=0))
+    elif PASS == 2:
+        if NEED_X:
+            oxr = -e * accr
+            oxi = -e * acci
+            if HAS_X:
+                oxr += g2r
+                oxi += g2i
+            _cstore(gx_ptr + 2 * row, w, oxr, oxi, wv)
+
+
 # ---------------------------------------------------------------- host side
 def supported(W: int) -> bool:
     """Widths the factored kernel takes: W = 16·N2 with N2 ≤ 64."""
@@ -275,7 +488,12 @@ def supported(W: int) -> bool:
 # Coils per chunk and warps, per (kernel, real dtype): chosen with the compile-time model
 # (python -m flat_kernels.roofline; flat_kernels/NOTES.md "Row kernel tiles").
 TILES = {
-    ("fwd", "fp32"): dict(BLOCK_C=1, num_warps=4),
+    # complex64 tf32x3 forward, _mt_fwd_kernel: 2 coil rows as a batched dot, one per 4-warp half
+    # (mma.sync M = 16, no replicated tiles), 226 registers, 1 CTA/SM (docs/triton_row_kernel.md;
+    # the other tilings tried: flat_kernels/NOTES.md, "Row kernel tiles")
+    ("fwd", "fp32", "tf32x3"): dict(BLOCK_C=2, num_warps=8),
+    ("bwd", "fp32", "tf32x3"): dict(BLOCK_C=2, num_warps=8, num_stages=1),  # _mt_bwd_kernel; 3 stages: 180 KB shared
+    ("fwd", "fp32"): dict(BLOCK_C=1, num_warps=4),  # _mn_fwd_kernel: the "ieee" / "tf32" modes
     ("bwd", "fp32"): dict(BLOCK_C=1, num_warps=4, num_stages=1),
     ("fwd", "fp64"): dict(BLOCK_C=1, num_warps=4),
     ("bwd", "fp64"): dict(BLOCK_C=1, num_warps=8, num_stages=1),  # 4 warps spilled 8-56 B
@@ -283,6 +501,20 @@ TILES = {
 
 
 KERNELS = {"fwd": "_mn_fwd_kernel", "bwd": "_mn_bwd_kernel"}
+
+
+MT_KERNELS = {"fwd": "_mt_fwd_kernel", "bwd": "_mt_bwd_kernel"}
+# Triton 3.6.0 (the GPU machines' version, docs/gpu.md) spills 1152 B in _mt_fwd_kernel at 255
+# registers (predicted 133 µs, twice the _mn_ kernel there): the _mt_ kernels run from Triton 3.9 on.
+MT_ROW = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+
+
+def kernel_name(kind: str, real: str, prec: str | None) -> str:
+    """The kernel a launch of ``kind`` uses: the transposed _mt_ kernels for complex64 at tf32x3
+    (their hand split is tf32x3 only) where ``MT_ROW``, the _mn_ kernels otherwise."""
+    return MT_KERNELS[kind] if MT_ROW and (real, prec) == ("fp32", "tf32x3") else KERNELS[kind]
+
+
 PASSES = {"fwd": [{}], "bwd": [{"PASS": 1}, {"PASS": 2}, {"PASS": 3}]}  # launches of a full backward (roofline.py)
 
 
@@ -291,8 +523,11 @@ def loop_trips(kind: str, C: int, W: int, n_s: int, cfg: dict) -> list[int]:
     return [triton.cdiv(C, cfg["BLOCK_C"])]
 
 
-def launch_config(kind: str, C: int, W: int, real: str, tiles: dict | None = None) -> dict:
-    t = dict(TILES[(kind, real)] if tiles is None else tiles)
+def launch_config(kind: str, C: int, W: int, real: str, tiles: dict | None = None, prec: str | None = None) -> dict:
+    if tiles is None:
+        mt = kernel_name(kind, real, prec) == MT_KERNELS[kind]
+        tiles = TILES[(kind, real, prec)] if mt else TILES[(kind, real)]
+    t = dict(tiles)
     N2 = W // N1
     bc = min(int(t["BLOCK_C"]), triton.next_power_of_2(C))
     bn2 = max(16, triton.next_power_of_2(N2))
@@ -331,6 +566,34 @@ def tables(W: int, dtype: torch.dtype, device: torch.device):
     return hit
 
 
+_SPLIT: dict = {}
+
+
+def _hi_lo(p: torch.Tensor) -> torch.Tensor:
+    """float64 planes -> (hi, lo) float32 per plane, both tf32 values (exact on the tensor cores):
+    hi = p rounded to tf32, lo = p − hi rounded to tf32 (round to nearest as ``_split``)."""
+    def tf32(t):  # -8192 = 0xFFFFE000
+        return ((t.float().view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+
+    hi = tf32(p)
+    lo = tf32(p - hi.double())
+    return torch.stack([hi, lo], 1).reshape(-1, *p.shape[1:])
+
+
+def split_tables(W: int, device: torch.device):
+    """Tables of ``_mt_fwd_kernel``: F16 (6,16,16) and F_N2 (6,BN2,BN2) as Gauss planes
+    (Tr, Ti − Tr, −(Tr + Ti)) each split into hi, lo (``_hi_lo``); twiddle re, im (BN2,16) float32.
+    Built from the float64 ``tables``, cached per (W, device)."""
+    key = (W, str(device))
+    hit = _SPLIT.get(key)
+    if hit is None:
+        f1, f2, twr, twi = tables(W, torch.float64, torch.device("cpu"))
+        g = [_hi_lo(torch.stack([t[0], t[1] - t[0], -(t[0] + t[1])])) for t in (f1, f2)]
+        hit = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in (*g, twr, twi))
+        _SPLIT[key] = hit
+    return hit
+
+
 def _mask_rows(mask: torch.Tensor, rd) -> torch.Tensor:
     return mask[:, 0, :].to(rd).contiguous()
 
@@ -339,18 +602,18 @@ def row_forward(x, v, ahy, sens, mask, cd, ce, has_x: bool) -> torch.Tensor:
     """Generic forward (``_mn_fwd_kernel``) for a column mask (Bm, 1, W); canonical tensors."""
     B, C, H, W = sens.shape
     rd = cm.real_dtype(sens)
-    tabs = tables(W, rd, sens.device)
+    real, prec = "fp64" if rd == torch.float64 else "fp32", cm.dot_precision(rd)
     out = cm.empty_complex((B, H, W), x)
     xr, sr = cm.rv(x), cm.rv(sens)
-    cfg = launch_config("fwd", C, W, "fp64" if rd == torch.float64 else "fp32")
+    cfg = launch_config("fwd", C, W, real, prec=prec)
     nw = cfg.pop("num_warps")
-    _mn_fwd_kernel[(B * H,)](
-        xr, cm.rv(v) if v is not None else xr, cm.rv(ahy) if ahy is not None else xr,
-        sr, *tabs, _mask_rows(mask, rd), cd, ce, torch.view_as_real(out),
-        C, H, W, W // N1, int(mask.shape[0] > 1),
-        HAS_X=has_x, HAS_V=v is not None, HAS_AHY=ahy is not None,
-        PREC=cm.dot_precision(rd), num_warps=nw, **cfg,
-    )
+    args = (xr, cm.rv(v) if v is not None else xr, cm.rv(ahy) if ahy is not None else xr, sr)
+    tail = (_mask_rows(mask, rd), cd, ce, torch.view_as_real(out), C, H, W, W // N1, int(mask.shape[0] > 1))
+    flags = dict(HAS_X=has_x, HAS_V=v is not None, HAS_AHY=ahy is not None, num_warps=nw, **cfg)
+    if kernel_name("fwd", real, prec) == MT_KERNELS["fwd"]:
+        _mt_fwd_kernel[(B * H,)](*args, *split_tables(W, sens.device), *tail, **flags)
+    else:
+        _mn_fwd_kernel[(B * H,)](*args, *tables(W, rd, sens.device), *tail, PREC=prec, **flags)
     return out
 
 
@@ -360,8 +623,11 @@ def row_backward(g, x, v, ahy, sens, mask, ce, has_x: bool, need_x: bool, need_s
     Returns (grad_x | None, grad_S | None, part (B·H, 2) | None)."""
     B, C, H, W = sens.shape
     rd = cm.real_dtype(sens)
-    tabs = tables(W, rd, sens.device)
-    cfg = launch_config("bwd", C, W, "fp64" if rd == torch.float64 else "fp32")
+    real, prec = "fp64" if rd == torch.float64 else "fp32", cm.dot_precision(rd)
+    mt = kernel_name("bwd", real, prec) == MT_KERNELS["bwd"]
+    kern = _mt_bwd_kernel if mt else _mn_bwd_kernel
+    tabs = split_tables(W, sens.device) if mt else tables(W, rd, sens.device)
+    cfg = launch_config("bwd", C, W, real, prec=prec)
     nw = cfg.pop("num_warps")
     gx = cm.empty_complex((B, H, W), g) if need_x else None
     gs = cm.empty_complex((B, C, H, W), g) if need_s else None
@@ -376,11 +642,13 @@ def row_backward(g, x, v, ahy, sens, mask, ce, has_x: bool, need_x: bool, need_s
         C, H, W, W // N1, int(mask.shape[0] > 1),
     )
     flags = dict(HAS_X=has_x, HAS_V=v is not None, HAS_AHY=ahy is not None,
-                 NEED_X=need_x, NEED_S=need_s, NEED_R=need_r, PREC=cm.dot_precision(rd), num_warps=nw, **cfg)
+                 NEED_X=need_x, NEED_S=need_s, NEED_R=need_r, num_warps=nw, **cfg)
+    if not mt:
+        flags["PREC"] = prec
     if need_s or need_r:
-        _mn_bwd_kernel[(B * H,)](*args, PASS=1, **flags)
+        kern[(B * H,)](*args, PASS=1, **flags)
     if need_x:
-        _mn_bwd_kernel[(B * H,)](*args, PASS=2, **flags)
+        kern[(B * H,)](*args, PASS=2, **flags)
     if need_s:
-        _mn_bwd_kernel[(B * H,)](*args, PASS=3, **flags)
+        kern[(B * H,)](*args, PASS=3, **flags)
     return gx, gs, part
